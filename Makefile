@@ -1,0 +1,44 @@
+# The user's front door: each target is one CLI call. The environment is created on first use.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint typecheck check bench train-default clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## Create or update the virtual environment
+
+run: $(STAMP)  ## Serve the embedded digits model on 127.0.0.1:8000 (ARGS='--model resnet18 ...')
+	$(VENV)/bin/greenserve serve $(ARGS)
+
+test: $(STAMP)  ## Run the test suite
+	$(VENV)/bin/pytest $(ARGS)
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)  ## mypy (strict)
+	$(VENV)/bin/mypy
+
+check: lint typecheck test  ## Everything CI checks
+
+bench: $(STAMP)  ## Serving benchmark: offline vs served throughput and J/image, no-op overhead
+	$(PY) -m bench.serving $(ARGS)
+
+train-default: $(STAMP)  ## Re-create the embedded digits checkpoint
+	$(VENV)/bin/greenserve train-default $(ARGS)
+
+clean:  ## Remove the environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
