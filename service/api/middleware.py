@@ -1,0 +1,72 @@
+"""Request ids, the classification metrics that must count every outcome, and the access log.
+
+A pure ASGI middleware (not ``BaseHTTPMiddleware``, which adds a task and a copy per request):
+it gives each request an id (the client's ``X-Request-ID`` when it is sane), echoes it in the
+response, counts ``/classify`` requests by final status, and writes one JSON log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_logger = logging.getLogger("greenserve.access")
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CLASSIFY_PATH = "/classify"
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, *, enabled: bool = True) -> None:
+        self.app = app
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                request_id = candidate if _SANE_ID.match(candidate) else ""
+                break
+        request_id = request_id or uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration_s = time.perf_counter() - started
+            path = scope["path"]
+            server = getattr(scope["app"].state, "server", None) if "app" in scope else None
+            if path == CLASSIFY_PATH and server is not None:
+                server.metrics.requests.labels(status=str(status)).inc()
+                server.metrics.request_duration.observe(duration_s)
+            if self.enabled and access_logger.isEnabledFor(logging.INFO):
+                record = {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(duration_s * 1000, 3),
+                    "client": (scope.get("client") or ("", 0))[0],
+                }
+                record.update(state.get("log_extra", {}))
+                access_logger.info(json.dumps(record, separators=(",", ":")))

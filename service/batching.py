@@ -1,0 +1,411 @@
+"""An asyncio dynamic batcher, generic over an async batch function.
+
+It knows nothing of HTTP or torch: callers :meth:`Batcher.submit` an item and await its result;
+a background loop groups queued items into batches and calls ``handle_batch(items) -> results``.
+
+Semantics (each one is tested in ``tests/service/test_batching.py``):
+
+* **Cutting a batch.** A batch is cut when ``max_batch_size`` items are queued, or when
+  ``max_wait_ms`` has passed since the *first* queued item arrived (``time.monotonic()``, never the
+  wall clock, which can jump). ``max_wait_ms == 0`` is "greedy": take whatever is queued.
+* **Slots before batches.** With ``max_concurrent_batches`` batches already running (1 by default,
+  one batch per model at a time) the loop waits for a slot *before* cutting the next batch, so
+  items that arrive during a batch join the next one instead of being cut early into a small batch.
+  This is what makes batches grow with load.
+* **Bounded queue.** ``submit`` raises :class:`QueueFullError` (HTTP 429 + ``Retry-After``) when
+  ``max_queue`` items are waiting; nothing is queued in that case.
+* **Deadlines.** An item whose deadline passes while it waits is removed from the queue at that
+  moment and fails with :class:`DeadlineExceededError` (HTTP 504); it is never computed. A
+  deadline only guards the wait: once computing, an item runs to completion.
+* **Cancellation.** A caller that goes away (its task is cancelled, e.g. the client disconnected)
+  has its item removed from the queue; items of cancelled callers never reach ``handle_batch``.
+* **Failures.** An exception from ``handle_batch`` is delivered to every caller of that batch and
+  only to them; a result list of the wrong length is a :class:`BatchResultLengthError` for each.
+* **Runtime settings.** :meth:`reconfigure` changes size, wait and queue bound while serving.
+* **Drain.** :meth:`close` stops accepting (:class:`DrainingError`, HTTP 503), answers everything
+  already accepted (batches are cut without waiting once draining), and after
+  ``drain_timeout_s`` fails what is left with :class:`DrainingError` and logs how many.
+
+Improves on Ray Serve's ``_BatchQueue`` (the anchor in STYLE.md): monotonic clock, graceful
+drain, per-item deadlines enforced while waiting, and a bounded queue with a typed rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from service.errors import (
+    BatchResultLengthError,
+    DeadlineExceededError,
+    DrainingError,
+    InvalidParameterError,
+    QueueFullError,
+)
+from service.tasks import create_logged_task
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BatchFn = Callable[[list[T]], Awaitable[Sequence[R]]]
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Batching settings; validated on construction so a bad runtime update changes nothing."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch_size <= 4096:
+            raise InvalidParameterError(f"max_batch_size must be in 1..4096, got {self.max_batch_size}")
+        if not (math.isfinite(self.max_wait_ms) and 0 <= self.max_wait_ms <= 60_000):
+            raise InvalidParameterError(f"max_wait_ms must be in 0..60000, got {self.max_wait_ms}")
+        if not 1 <= self.max_queue <= 1_000_000:
+            raise InvalidParameterError(f"max_queue must be in 1..1000000, got {self.max_queue}")
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """What a caller gets back: the batch function's result for its item, plus batching facts."""
+
+    value: R
+    queue_wait_s: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    answered: int
+    failed: int
+    timed_out: bool
+
+
+class BatcherObserver(Protocol):
+    """Hooks for metrics; the batcher calls them from the event loop. All have no-op defaults."""
+
+    def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None: ...
+    def on_batch_end(self, batch_size: int, duration_s: float, ok: bool) -> None: ...
+    def on_reject(self, reason: str) -> None: ...
+    def on_queue_depth(self, depth: int) -> None: ...
+
+
+class NullObserver:
+    def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None:
+        pass
+
+    def on_batch_end(self, batch_size: int, duration_s: float, ok: bool) -> None:
+        pass
+
+    def on_reject(self, reason: str) -> None:
+        pass
+
+    def on_queue_depth(self, depth: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[Outcome[R]]
+    enqueued_at: float
+    deadline: float | None
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+
+def _resolve(future: asyncio.Future[Outcome[R]], outcome: Outcome[R] | BaseException) -> bool:
+    """Set a future's result or exception unless it is already done; return whether it was set."""
+    if future.done():
+        return False
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+    return True
+
+
+class Batcher(Generic[T, R]):
+    """Groups submitted items into batches for ``handle_batch``; see the module docstring."""
+
+    def __init__(
+        self,
+        handle_batch: BatchFn[T, R],
+        config: BatchingConfig | None = None,
+        *,
+        max_concurrent_batches: int = 1,
+        observer: BatcherObserver | None = None,
+        name: str = "batcher",
+    ) -> None:
+        if max_concurrent_batches < 1:
+            raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
+        self._handle_batch = handle_batch
+        self._config = config or BatchingConfig()
+        self._observer: BatcherObserver = observer or NullObserver()
+        self._name = name
+        self._max_concurrent = max_concurrent_batches
+        self._queue: OrderedDict[int, _Pending[T, R]] = OrderedDict()
+        self._ids = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._running: set[asyncio.Task[None]] = set()
+        self._running_items = 0
+        self._loop_task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._draining = False
+        self._ewma_batch_s: float | None = None
+
+    # --- public API --------------------------------------------------------------------------
+
+    @property
+    def config(self) -> BatchingConfig:
+        return self._config
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight_batches(self) -> int:
+        return len(self._running)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def start(self) -> None:
+        """Start the batching loop; must be called from a running event loop."""
+        if self._loop_task is not None:
+            raise RuntimeError(f"{self._name} already started")
+        self._accepting = True
+        self._loop_task = create_logged_task(self._run(), name=f"{self._name}-loop")
+
+    def reconfigure(
+        self,
+        *,
+        max_batch_size: int | None = None,
+        max_wait_ms: float | None = None,
+        max_queue: int | None = None,
+    ) -> BatchingConfig:
+        """Change settings while serving; invalid values raise and change nothing.
+
+        Items already queued stay queued when ``max_queue`` shrinks below the current depth; new
+        items are refused until the depth falls below the new bound.
+        """
+        current = self._config
+        self._config = BatchingConfig(
+            max_batch_size=current.max_batch_size if max_batch_size is None else max_batch_size,
+            max_wait_ms=current.max_wait_ms if max_wait_ms is None else max_wait_ms,
+            max_queue=current.max_queue if max_queue is None else max_queue,
+        )
+        logger.info(
+            "%s reconfigured: max_batch_size=%d max_wait_ms=%g max_queue=%d",
+            self._name,
+            self._config.max_batch_size,
+            self._config.max_wait_ms,
+            self._config.max_queue,
+        )
+        self._wakeup.set()  # a smaller batch size or wait may complete the batch being formed
+        return self._config
+
+    async def submit(self, item: T, *, deadline: float | None = None) -> Outcome[R]:
+        """Queue ``item`` and wait for its result.
+
+        ``deadline`` is a ``time.monotonic()`` instant by which computing must have *started*.
+        Raises :class:`DrainingError`, :class:`QueueFullError`, :class:`DeadlineExceededError`,
+        or whatever ``handle_batch`` raised for this item's batch.
+        """
+        if not self._accepting:
+            self._observer.on_reject("draining")
+            raise DrainingError()
+        if len(self._queue) >= self._config.max_queue:
+            self._observer.on_reject("queue_full")
+            raise QueueFullError(
+                f"queue is full ({len(self._queue)} of {self._config.max_queue} waiting)",
+                retry_after_s=self._retry_after_s(),
+            )
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        if deadline is not None and deadline <= now:
+            self._observer.on_reject("deadline")
+            raise DeadlineExceededError("deadline passed before the request was queued")
+        key = next(self._ids)
+        pending: _Pending[T, R] = _Pending(item, loop.create_future(), now, deadline)
+        if deadline is not None:
+            # loop.time() and time.monotonic() share a clock on every platform asyncio supports
+            # (both are CLOCK_MONOTONIC), so the deadline translates directly.
+            pending.timer = loop.call_at(loop.time() + (deadline - now), self._expire, key)
+        self._queue[key] = pending
+        self._observer.on_queue_depth(len(self._queue))
+        self._wakeup.set()
+        try:
+            return await pending.future
+        finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if self._queue.pop(key, None) is not None:
+                # Only reachable when the caller was cancelled while its item was still queued.
+                self._observer.on_queue_depth(len(self._queue))
+
+    async def close(self, drain_timeout_s: float = 30.0) -> DrainReport:
+        """Stop accepting, answer what was accepted, then stop the loop.
+
+        Waits up to ``drain_timeout_s`` for queued and running items; whatever is still waiting
+        after that fails with :class:`DrainingError` (running batches are awaited no longer, their
+        callers also get the error). Idempotent.
+        """
+        self._accepting = False
+        self._draining = True
+        self._wakeup.set()
+        pending_before = len(self._queue) + self._running_items
+        timed_out = False
+        loop_task = self._loop_task
+        if loop_task is not None and not loop_task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained()), timeout=drain_timeout_s)
+            except TimeoutError:
+                timed_out = True
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+        failed = 0
+        for pending in list(self._queue.values()):
+            if _resolve(pending.future, DrainingError("server shut down before this request was computed")):
+                failed += 1
+        self._queue.clear()
+        for task in list(self._running):
+            task.cancel()  # the batch's own handler fails its callers with DrainingError
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._observer.on_queue_depth(0)
+        if timed_out or failed:
+            logger.warning(
+                "%s drain timed out after %.1f s: %d queued requests failed with 503",
+                self._name,
+                drain_timeout_s,
+                failed,
+            )
+        else:
+            logger.info("%s drained: %d accepted requests answered", self._name, pending_before)
+        return DrainReport(answered=pending_before - failed, failed=failed, timed_out=timed_out)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    async def _drained(self) -> None:
+        while self._queue or self._running_items:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _expire(self, key: int) -> None:
+        pending = self._queue.pop(key, None)
+        if pending is None:
+            return
+        self._observer.on_reject("deadline")
+        self._observer.on_queue_depth(len(self._queue))
+        waited_ms = (time.monotonic() - pending.enqueued_at) * 1000
+        _resolve(
+            pending.future,
+            DeadlineExceededError(f"deadline passed after {waited_ms:.0f} ms in the queue; not computed"),
+        )
+        self._wakeup.set()
+
+    def _retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained enough to take a new item (at least 1)."""
+        per_batch_s = self._ewma_batch_s or 0.1
+        batches_ahead = len(self._queue) / (self._config.max_batch_size * self._max_concurrent)
+        return max(1, math.ceil(batches_ahead * per_batch_s))
+
+    async def _run(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if batch is None:  # draining and nothing left
+                self._slots.release()
+                return
+            task = create_logged_task(self._execute(batch), name=f"{self._name}-batch")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _cutoff(self) -> float:
+        first = next(iter(self._queue.values()))
+        return first.enqueued_at + self._config.max_wait_ms / 1000
+
+    async def _next_batch(self) -> list[_Pending[T, R]] | None:
+        """Wait for a full batch or the first item's max wait; return live items (None: stop)."""
+        while True:
+            while not self._queue:
+                if self._draining:
+                    return None
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Re-read on every wake-up: the first item may have expired or been cancelled (the
+            # wait then counts from the new first item), and the settings may have changed.
+            while (
+                self._queue
+                and len(self._queue) < self._config.max_batch_size
+                and not self._draining
+                and (remaining := self._cutoff() - time.monotonic()) > 0
+            ):
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+            batch: list[_Pending[T, R]] = []
+            now = time.monotonic()
+            while self._queue and len(batch) < self._config.max_batch_size:
+                _, pending = self._queue.popitem(last=False)
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                if pending.future.done():
+                    continue  # caller cancelled
+                if pending.deadline is not None and pending.deadline <= now:
+                    self._observer.on_reject("deadline")
+                    _resolve(pending.future, DeadlineExceededError("deadline passed in the queue; not computed"))
+                    continue
+                batch.append(pending)
+            self._observer.on_queue_depth(len(self._queue))
+            if batch:
+                return batch
+
+    async def _execute(self, batch: list[_Pending[T, R]]) -> None:
+        started = time.monotonic()
+        self._running_items += len(batch)
+        self._observer.on_batch_start(len(batch), [started - p.enqueued_at for p in batch])
+        ok = False
+        try:
+            results = await self._handle_batch([p.item for p in batch])
+            if len(results) != len(batch):
+                raise BatchResultLengthError(
+                    f"batch function returned {len(results)} results for {len(batch)} items"
+                )
+            for pending, value in zip(batch, results, strict=True):
+                _resolve(pending.future, Outcome(value, started - pending.enqueued_at, len(batch)))
+            ok = True
+        except asyncio.CancelledError:
+            for pending in batch:
+                _resolve(pending.future, DrainingError("server shut down while this request was computing"))
+            raise
+        except Exception as exc:
+            for pending in batch:
+                _resolve(pending.future, exc)
+        finally:
+            duration = time.monotonic() - started
+            self._ewma_batch_s = duration if self._ewma_batch_s is None else 0.8 * self._ewma_batch_s + 0.2 * duration
+            self._observer.on_batch_end(len(batch), duration, ok)
+            self._running_items -= len(batch)
+            self._slots.release()
+            self._wakeup.set()

@@ -1,0 +1,132 @@
+"""The server's one settings class (pydantic-settings, env prefix ``GREENSERVE_``).
+
+Every field is also a ``greenserve serve --flag`` (the CLI is generated from this class, so the
+two cannot drift). Validators refuse bad configuration at start-up with a message naming the
+value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL = "digits_cnn"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+class Settings(BaseSettings):
+    """Settings of one greenserve server process."""
+
+    model_config = SettingsConfigDict(env_prefix="GREENSERVE_", extra="forbid", validate_default=True)
+
+    # --- network ---
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+
+    # --- model ---
+    model: str = Field(
+        EMBEDDED_MODEL,
+        description=(
+            "Model: 'digits_cnn' (embedded default), any torchvision classification architecture "
+            "(e.g. resnet18), 'noop' (no compute; measures serving overhead), or 'module:factory' "
+            "returning a service.model.Classifier."
+        ),
+    )
+    weights: str | None = Field(
+        None,
+        description=(
+            "Weights: a file path (torch.load, weights_only), a torchvision weights name "
+            "(DEFAULT, IMAGENET1K_V1; cache or download), or 'random' (benchmarking only: "
+            "predictions are meaningless). Default: embedded for digits_cnn, DEFAULT otherwise."
+        ),
+    )
+    labels_file: Path | None = Field(
+        None, description="Labels, one per line (or a JSON list); overrides the weights' metadata."
+    )
+    num_classes: int | None = Field(None, ge=1, description="Classes of a weights file (default: labels).")
+    device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:N, mps, or auto.")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch intra-op threads (default: torch's own choice)."
+    )
+    warmup: bool = Field(True, description="Run warm-up batches before reporting ready.")
+
+    # --- batching ---
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Largest batch handed to the model.")
+    max_wait_ms: float = Field(
+        5.0, ge=0, le=60_000, description="Longest wait after a batch's first request (0: greedy)."
+    )
+    max_queue: int = Field(1024, ge=1, le=1_000_000, description="Queued requests before 429.")
+    max_concurrent_batches: int = Field(1, ge=1, le=64, description="Batches computed at once.")
+    default_timeout_ms: float = Field(
+        30_000, gt=0, description="Deadline for a request to start computing, when the client sets none."
+    )
+    max_timeout_ms: float = Field(
+        300_000, gt=0, description="Largest X-Request-Timeout-Ms a client may ask for."
+    )
+    drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long to finish accepted work.")
+
+    # --- input limits ---
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body (413).")
+    max_image_pixels: int = Field(40_000_000, ge=64, description="Largest image, width × height (413).")
+    decode_workers: int = Field(
+        min(4, os.cpu_count() or 1), ge=1, le=256, description="Threads that decode images."
+    )
+
+    # --- energy ---
+    energy_source: Literal["auto", "nvml", "rapl", "estimate"] = Field(
+        "auto", description="Energy source; auto tries nvml (cuda) or rapl, then estimate."
+    )
+    watts_per_core: float = Field(
+        10.0, gt=0, description="Estimate only: watts per fully busy core (see docs/energy.md)."
+    )
+    energy_sample_ms: float = Field(20.0, ge=1, le=1000, description="Energy sampler period.")
+
+    # --- admin and logging ---
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token required by PUT /v1/batching (none: PUT is open)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    access_log: bool = Field(True, description="Log one structured line per request.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_RE.match(value):
+            raise ValueError(f"device must be cpu, cuda, cuda:N, mps or auto, got {value!r}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model must not be empty")
+        return value.strip()
+
+    @field_validator("labels_file")
+    @classmethod
+    def _check_labels_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"labels_file {str(value)!r} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Settings:
+        if self.default_timeout_ms > self.max_timeout_ms:
+            raise ValueError(
+                f"default_timeout_ms ({self.default_timeout_ms:g}) exceeds max_timeout_ms "
+                f"({self.max_timeout_ms:g})"
+            )
+        return self
+
+    def resolved_device(self) -> str:
+        """The torch device to use: ``auto`` becomes cuda when available, else cpu."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

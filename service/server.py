@@ -1,0 +1,56 @@
+"""Running the app under uvicorn with a graceful drain.
+
+On SIGTERM/SIGINT the server first marks itself draining (``/readyz`` → 503, new ``/classify``
+→ 503 ``draining``), then uvicorn stops accepting connections and waits up to
+``drain_timeout_s`` for in-flight requests, then the lifespan closes the batcher, which answers
+whatever it had accepted. Nothing accepted is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.config import Settings
+from service.errors import ConfigurationError
+from service.state import ServerState
+
+logger = logging.getLogger(__name__)
+
+
+class GreenServer(uvicorn.Server):
+    """uvicorn's server, telling the app it is draining as soon as a signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = getattr(self._app.state, "server", None)
+        if isinstance(state, ServerState):
+            state.begin_draining()
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> int:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # ours is structured and carries the request id
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        lifespan="on",
+    )
+    server = GreenServer(config, app)
+    try:
+        server.run()
+    except ConfigurationError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
+    return 0 if server.started else 3

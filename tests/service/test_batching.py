@@ -1,0 +1,265 @@
+"""Batcher behaviour, driven by events rather than sleeps: a gate holds a batch open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from service.batching import Batcher, BatchingConfig
+from service.errors import (
+    BatchResultLengthError,
+    DeadlineExceededError,
+    DrainingError,
+    InvalidParameterError,
+    QueueFullError,
+)
+
+
+class Recorder:
+    """A batch function that records each batch and can be held open with a gate."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+        self.fail_on: set[int] = set()
+        self.short_result = False
+
+    async def __call__(self, items: list[int]) -> Sequence[int]:
+        self.batches.append(list(items))
+        self.entered.set()
+        await self.gate.wait()
+        if self.fail_on.intersection(items):
+            raise RuntimeError(f"boom on {sorted(self.fail_on.intersection(items))}")
+        if self.short_result:
+            return [i * 10 for i in items][:-1]
+        return [i * 10 for i in items]
+
+    @property
+    def computed(self) -> list[int]:
+        return [i for b in self.batches for i in b]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def make_batcher(recorder: Recorder) -> AsyncIterator[object]:
+    made: list[Batcher[int, int]] = []
+
+    def make(**config: float) -> Batcher[int, int]:
+        b: Batcher[int, int] = Batcher(recorder, BatchingConfig(**config))  # type: ignore[arg-type]
+        b.start()
+        made.append(b)
+        return b
+
+    yield make
+    recorder.gate.set()
+    for b in made:
+        await b.close(drain_timeout_s=5)
+
+
+async def hold_first_batch(batcher: Batcher[int, int], recorder: Recorder) -> asyncio.Task[object]:
+    """Submit item 0 and keep its batch running until ``recorder.gate`` is set.
+
+    Item 0 is cut at once (greedy), then the batcher's own max wait is restored.
+    """
+    wait_ms = batcher.config.max_wait_ms
+    batcher.reconfigure(max_wait_ms=0)
+    recorder.gate.clear()
+    task = asyncio.create_task(batcher.submit(0))
+    await recorder.entered.wait()
+    batcher.reconfigure(max_wait_ms=wait_ms)
+    return task  # type: ignore[return-value]
+
+
+async def test_batch_cut_by_size(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=4, max_wait_ms=60_000)
+    first = await hold_first_batch(batcher, recorder)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(1, 9)]
+    await asyncio.sleep(0)  # let the submits enqueue
+    recorder.gate.set()
+    outcomes = await asyncio.gather(*tasks)
+    await first
+    # A one-minute wait could never elapse here: both batches were cut because they were full.
+    assert recorder.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8]]
+    assert [o.value for o in outcomes] == [i * 10 for i in range(1, 9)]
+    assert {o.batch_size for o in outcomes} == {4}
+
+
+async def test_batch_cut_by_time_from_first_arrival(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=64, max_wait_ms=20)
+    outcome = await batcher.submit(7)
+    assert recorder.batches == [[7]]
+    assert outcome.batch_size == 1
+    # The wait is counted from the first arrival, not restarted by later ones.
+    assert outcome.queue_wait_s >= 0.019
+
+
+async def test_greedy_mode_takes_whatever_is_queued(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=64, max_wait_ms=0)
+    first = await hold_first_batch(batcher, recorder)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    await asyncio.gather(first, *tasks)
+    assert recorder.batches == [[0], [1, 2, 3]]
+
+
+async def test_deadline_expiry_never_computes(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=8, max_wait_ms=0)
+    first = await hold_first_batch(batcher, recorder)
+    doomed = asyncio.create_task(batcher.submit(99, deadline=time.monotonic() + 0.01))
+    survivor = asyncio.create_task(batcher.submit(5))
+    with pytest.raises(DeadlineExceededError):
+        await doomed  # fails while batch 0 still holds the only slot
+    assert batcher.queue_depth == 1
+    recorder.gate.set()
+    await first
+    assert (await survivor).value == 50
+    assert 99 not in recorder.computed
+
+
+async def test_past_deadline_is_refused_at_submit(make_batcher) -> None:
+    batcher = make_batcher()
+    with pytest.raises(DeadlineExceededError):
+        await batcher.submit(1, deadline=time.monotonic() - 1)
+
+
+async def test_full_queue_rejects_with_retry_after(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=2, max_wait_ms=0, max_queue=3)
+    first = await hold_first_batch(batcher, recorder)
+    queued = [asyncio.create_task(batcher.submit(i)) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    assert batcher.queue_depth == 3
+    with pytest.raises(QueueFullError) as info:
+        await batcher.submit(4)
+    assert info.value.status_code == 429
+    assert int(info.value.headers["Retry-After"]) >= 1
+    recorder.gate.set()
+    await asyncio.gather(first, *queued)
+    assert 4 not in recorder.computed
+    assert (await batcher.submit(5)).value == 50  # room again
+
+
+async def test_failing_batch_fails_only_its_callers(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=2, max_wait_ms=0)
+    first = await hold_first_batch(batcher, recorder)
+    recorder.fail_on = {1}
+    bad = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    good = [asyncio.create_task(batcher.submit(i)) for i in (3, 4)]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    await first
+    results = await asyncio.gather(*bad, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) and "boom" in str(r) for r in results)
+    assert [o.value for o in await asyncio.gather(*good)] == [30, 40]
+    assert recorder.batches == [[0], [1, 2], [3, 4]]
+    assert (await batcher.submit(6)).value == 60  # and the batcher keeps serving
+
+
+async def test_wrong_length_result_is_an_error(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=4, max_wait_ms=0)
+    recorder.short_result = True
+    with pytest.raises(BatchResultLengthError):
+        await batcher.submit(1)
+    recorder.short_result = False
+    assert (await batcher.submit(2)).value == 20
+
+
+async def test_cancelled_caller_is_dropped(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=8, max_wait_ms=0)
+    first = await hold_first_batch(batcher, recorder)
+    gone = asyncio.create_task(batcher.submit(13))
+    stays = asyncio.create_task(batcher.submit(14))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert batcher.queue_depth == 1
+    recorder.gate.set()
+    await first
+    assert (await stays).value == 140
+    assert 13 not in recorder.computed
+
+
+async def test_runtime_reconfiguration(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=2, max_wait_ms=60_000)
+    first = await hold_first_batch(batcher, recorder)
+    batcher.reconfigure(max_batch_size=3)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    await asyncio.gather(first, *tasks)
+    assert recorder.batches[-1] == [1, 2, 3]
+    # A long wait becomes short at runtime: the lone item is cut without waiting a minute.
+    recorder.gate.clear()
+    lone = asyncio.create_task(batcher.submit(9))
+    await asyncio.sleep(0)
+    batcher.reconfigure(max_wait_ms=0)
+    recorder.gate.set()
+    assert (await lone).batch_size == 1
+    with pytest.raises(InvalidParameterError):
+        batcher.reconfigure(max_batch_size=0)
+    assert batcher.config == BatchingConfig(max_batch_size=3, max_wait_ms=0, max_queue=1024)
+
+
+async def test_drain_answers_every_accepted_request(recorder: Recorder) -> None:
+    batcher: Batcher[int, int] = Batcher(recorder, BatchingConfig(max_batch_size=2, max_wait_ms=60_000))
+    batcher.start()
+    first = await hold_first_batch(batcher, recorder)
+    accepted = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(batcher.close(drain_timeout_s=30))
+    await asyncio.sleep(0)
+    with pytest.raises(DrainingError):
+        await batcher.submit(100)  # no new work while draining
+    recorder.gate.set()
+    report = await closing
+    await first
+    assert [o.value for o in await asyncio.gather(*accepted)] == [10, 20, 30, 40, 50]
+    # Draining cuts batches without waiting the minute-long max wait.
+    assert recorder.batches == [[0], [1, 2], [3, 4], [5]]
+    assert report.answered == 6 and report.failed == 0 and not report.timed_out
+
+
+async def test_drain_timeout_fails_leftovers_with_503(recorder: Recorder) -> None:
+    batcher: Batcher[int, int] = Batcher(recorder, BatchingConfig(max_batch_size=1, max_wait_ms=0))
+    batcher.start()
+    first = await hold_first_batch(batcher, recorder)
+    queued = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)
+    report = await batcher.close(drain_timeout_s=0.01)
+    assert report.timed_out
+    for task in (first, queued):
+        with pytest.raises(DrainingError):
+            await task
+    assert 1 not in recorder.computed
+
+
+async def test_concurrent_batches_when_configured(recorder: Recorder) -> None:
+    batcher: Batcher[int, int] = Batcher(
+        recorder, BatchingConfig(max_batch_size=1, max_wait_ms=0), max_concurrent_batches=2
+    )
+    batcher.start()
+    recorder.gate.clear()
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+    while len(recorder.batches) < 2:
+        await asyncio.sleep(0)
+    assert batcher.in_flight_batches == 2  # two run at once, the third waits for a slot
+    recorder.gate.set()
+    await asyncio.gather(*tasks)
+    await batcher.close()
+
+
+def test_config_validation_names_the_value() -> None:
+    with pytest.raises(InvalidParameterError, match="max_wait_ms.*-1"):
+        BatchingConfig(max_wait_ms=-1)
+    with pytest.raises(InvalidParameterError, match="max_queue"):
+        BatchingConfig(max_queue=0)
