@@ -374,7 +374,9 @@ class Batcher(Generic[T, R]):
                     continue  # caller cancelled
                 if pending.deadline is not None and pending.deadline <= now:
                     self._observer.on_reject("deadline")
-                    _resolve(pending.future, DeadlineExceededError("deadline passed in the queue; not computed"))
+                    _resolve(
+                        pending.future, DeadlineExceededError("deadline passed in the queue; not computed")
+                    )
                     continue
                 batch.append(pending)
             self._observer.on_queue_depth(len(self._queue))
@@ -404,7 +406,9 @@ class Batcher(Generic[T, R]):
                 _resolve(pending.future, exc)
         finally:
             duration = time.monotonic() - started
-            self._ewma_batch_s = duration if self._ewma_batch_s is None else 0.8 * self._ewma_batch_s + 0.2 * duration
+            self._ewma_batch_s = (
+                duration if self._ewma_batch_s is None else 0.8 * self._ewma_batch_s + 0.2 * duration
+            )
             self._observer.on_batch_end(len(batch), duration, ok)
             self._running_items -= len(batch)
             self._slots.release()

@@ -44,7 +44,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         shown = "" if isinstance(default, SecretStr) or default is None else f" (default: {default})"
         help_text = f"{field.description or ''}{shown} [env {env}]"
         if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
             continue
         kind, choices = _flag_type(field.annotation)
         parser.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
@@ -52,7 +54,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Flags given on the command line win over environment variables, which win over defaults."""
-    given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    given = {
+        name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
+    }
     return Settings(**given)
 
 
@@ -90,7 +94,9 @@ def _train_default(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="greenserve", description="Energy-aware image-classification serving.")
+    parser = argparse.ArgumentParser(
+        prog="greenserve", description="Energy-aware image-classification serving."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="Start the HTTP server.", description="Start the HTTP server.")
     add_settings_flags(serve)

@@ -80,7 +80,10 @@ class DigitsSplit:
 
 
 def load_split(seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION) -> DigitsSplit:
-    """scikit-learn's digits, split deterministically and stratified (the held-out part is never trained on)."""
+    """scikit-learn's digits, split deterministically and stratified.
+
+    The held-out part is never trained on: the HTTP accuracy test sends it.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -108,7 +108,10 @@ class Metrics:
             "greenserve_batching_config", "Batching settings in force.", ["param"], registry=r
         )
         self.model_info = Gauge(
-            "greenserve_model_info", "The model being served (value 1).", ["model", "device", "weights"], registry=r
+            "greenserve_model_info",
+            "The model being served (value 1).",
+            ["model", "device", "weights"],
+            registry=r,
         )
 
     def attach_energy(self, sampler: EnergySampler) -> None:

@@ -60,7 +60,12 @@ class Classifier(abc.ABC):
         return Image.new("RGB", (224, 224), (127, 127, 127))
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "weights": self.weights, "device": self.device, "classes": len(self.labels)}
+        return {
+            "name": self.name,
+            "weights": self.weights,
+            "device": self.device,
+            "classes": len(self.labels),
+        }
 
 
 class TorchClassifier(Classifier):
@@ -93,7 +98,7 @@ class TorchClassifier(Classifier):
     def predict(self, batch: list[torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
             x = torch.stack(batch).to(self.device, non_blocking=True)
-            probs = self.module(x).float().softmax(dim=1)
+            probs: torch.Tensor = self.module(x).float().softmax(dim=1)
             return probs.cpu()  # .cpu() also waits for a CUDA device to finish
 
     def example_image(self) -> Image.Image:
@@ -167,7 +172,12 @@ def _load_digits(settings: Settings, device: str) -> Classifier:
         labels = read_labels(settings.labels_file)
     example = Image.fromarray(digits.to_png_pixels(digits.load_split().x_test[0]))
     return TorchClassifier(
-        module, digits.preprocess, name=EMBEDDED_MODEL, weights=weights, labels=labels, device=device,
+        module,
+        digits.preprocess,
+        name=EMBEDDED_MODEL,
+        weights=weights,
+        labels=labels,
+        device=device,
         example=example,
     )
 
@@ -225,7 +235,12 @@ def _load_torchvision(settings: Settings, device: str) -> Classifier:
     transforms = default.transforms()
     crop = getattr(transforms, "crop_size", [224])[0]
     return TorchClassifier(
-        module, transforms, name=name, weights=used, labels=labels, device=device,
+        module,
+        transforms,
+        name=name,
+        weights=used,
+        labels=labels,
+        device=device,
         example=Image.new("RGB", (crop, crop), (127, 127, 127)),
         draft_size=(crop, crop),
     )

@@ -28,7 +28,9 @@ def require_admin(state: StateDep, authorization: Annotated[str | None, Header()
     if token is None:
         return
     scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    ):
         raise UnauthorizedError("a valid 'Authorization: Bearer <token>' header is required")
 
 

@@ -259,7 +259,7 @@ async def test_concurrent_batches_when_configured(recorder: Recorder) -> None:
 
 
 def test_config_validation_names_the_value() -> None:
-    with pytest.raises(InvalidParameterError, match="max_wait_ms.*-1"):
+    with pytest.raises(InvalidParameterError, match=r"max_wait_ms.*-1"):
         BatchingConfig(max_wait_ms=-1)
     with pytest.raises(InvalidParameterError, match="max_queue"):
         BatchingConfig(max_queue=0)
