@@ -135,3 +135,27 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path: Path) -> No
             assert outcome in (200, 503) or (isinstance(outcome, str) and request_id not in served), results
         assert any(results[f"req-{i}"] != 200 for i in range(48, 64))
         assert "drained" in log or "accepted requests answered" in log
+
+
+def test_client_that_disconnects_while_queued_is_never_computed(tmp_path: Path) -> None:
+    args = ("--model", "tests.fakes:slow_classifier", "--max-batch-size", "1", "--max-wait-ms", "0")
+    with server_process(tmp_path, *args, env={"FAKE_DELAY_S": "0.6"}) as server:
+
+        async def scenario() -> int:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                headers = {"content-type": "image/png"}
+                computing = asyncio.create_task(
+                    client.post("/classify", content=gray_png(1), headers=headers)
+                )
+                # Wait until the first request's batch is computing (observed when a batch starts).
+                while metric((await client.get("/metrics")).text, "greenserve_batch_size_count") < 1:
+                    await asyncio.sleep(0.01)
+                with pytest.raises(httpx.ReadTimeout):  # the client gives up while its request is queued
+                    await client.post("/classify", content=gray_png(2), headers=headers, timeout=0.2)
+                return (await computing).status_code
+
+        assert asyncio.run(scenario()) == 200
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "greenserve_batch_size_count") == 1  # only the first request was computed
+        assert metric(text, "greenserve_requests_total", '{status="499"}') == 1
+        assert metric(text, "greenserve_queue_depth") == 0

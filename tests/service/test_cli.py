@@ -1,0 +1,61 @@
+"""The greenserve command and the settings it is generated from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service import cli, digits
+from service.config import Settings
+
+
+def test_serve_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in out, name
+        assert f"GREENSERVE_{name.upper()}" in out.replace("\n", "").replace(" ", ""), name
+
+
+def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GREENSERVE_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("GREENSERVE_MAX_WAIT_MS", "7")
+    args = cli.build_parser().parse_args(["serve", "--max-batch-size", "16", "--no-warmup"])
+    settings = cli.settings_from_args(args)
+    assert settings.max_batch_size == 16  # flag beats env
+    assert settings.max_wait_ms == 7  # env beats default
+    assert settings.warmup is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"device": "gpu"}, "gpu"),
+        ({"default_timeout_ms": 10, "max_timeout_ms": 5}, "exceeds max_timeout_ms"),
+        ({"energy_source": "solar"}, "energy_source"),
+        ({"labels_file": "/nonexistent/labels.txt"}, "does not exist"),
+        ({"watts_per_core": 0}, "watts_per_core"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_value_named(overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_serve_with_bad_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--max-wait-ms", "-1"]) == 2
+    assert "max_wait_ms" in capsys.readouterr().err
+
+
+def test_train_default_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "digits.pt"
+    assert cli.main(["train-default", "--out", str(out), "--epochs", "3"]) == 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    model, labels = digits.load_model(out)
+    assert labels == digits.LABELS
+    assert out.stat().st_size < 300 * 1024

@@ -1,0 +1,135 @@
+"""Model loading: torchvision by name, weights files, labels, offline errors, the embedded model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service import digits
+from service.config import Settings
+from service.errors import ConfigurationError
+from service.inference import InferenceEngine
+from service.model import NoopClassifier, TorchClassifier, load_classifier
+
+
+def settings(**kw: object) -> Settings:
+    return Settings(**kw)  # type: ignore[arg-type]
+
+
+def test_embedded_checkpoint_is_small_and_accurate_on_held_out_digits() -> None:
+    path = digits.default_checkpoint_path()
+    assert path.stat().st_size < 300 * 1024
+    classifier = load_classifier(settings())
+    split = digits.load_split()
+    # The same path as HTTP: 8-bit grayscale 8×8 PNG pixels, then the model's preprocessing.
+    inputs = [classifier.preprocess(Image.fromarray(digits.to_png_pixels(x))) for x in split.x_test]
+    predicted = classifier.predict(inputs).argmax(dim=1).numpy()
+    assert (predicted == split.y_test).mean() >= 0.95
+
+
+def test_preprocess_converts_any_image_to_the_digits_range() -> None:
+    big = Image.new("RGB", (64, 64), (255, 255, 255))
+    tensor = digits.preprocess(big)
+    assert tensor.shape == (1, 8, 8)
+    assert torch.allclose(tensor, torch.full((1, 8, 8), 16.0))
+    sample = np.arange(64).reshape(8, 8) % 17
+    roundtrip = digits.preprocess(Image.fromarray(digits.to_png_pixels(sample)))
+    assert np.abs(roundtrip.numpy()[0] - sample).max() < 0.04
+
+
+def test_torchvision_model_by_name_with_random_weights(caplog: pytest.LogCaptureFixture) -> None:
+    classifier = load_classifier(settings(model="shufflenet_v2_x0_5", weights="random"))
+    assert isinstance(classifier, TorchClassifier)
+    assert "RANDOM weights" in caplog.text
+    assert len(classifier.labels) == 1000 and classifier.labels[0] == "tench"  # ImageNet, from metadata
+    assert classifier.draft_size == (224, 224)
+    x = classifier.preprocess(Image.new("RGB", (320, 240), (10, 200, 30)))
+    assert x.shape == (3, 224, 224)
+    probs = classifier.predict([x, x])
+    assert probs.shape == (2, 1000)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2), atol=1e-4)
+
+
+def test_weights_file_and_labels_file(tmp_path: Path) -> None:
+    import torchvision
+
+    model = torchvision.models.get_model("squeezenet1_1", weights=None, num_classes=3)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pt")
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    classifier = load_classifier(
+        settings(model="squeezenet1_1", weights=str(tmp_path / "w.pt"), labels_file=tmp_path / "labels.txt")
+    )
+    assert classifier.labels == ["cat", "dog", "bird"]
+    assert classifier.weights == f"file:{tmp_path / 'w.pt'}"
+    x = classifier.preprocess(Image.new("RGB", (224, 224)))
+    assert classifier.predict([x]).shape == (1, 3)
+    (tmp_path / "labels.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(ConfigurationError, match="does not fit|2 labels"):
+        load_classifier(
+            settings(
+                model="squeezenet1_1", weights=str(tmp_path / "w.pt"), labels_file=tmp_path / "labels.json"
+            )
+        )
+
+
+def test_weights_file_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load_classifier(settings(model="resnet18", weights=str(tmp_path / "missing.pt")))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigurationError, match="cannot load weights file"):
+        load_classifier(settings(model="resnet18", weights=str(tmp_path / "junk.pt")))
+
+
+def test_unknown_model_suggests_names() -> None:
+    with pytest.raises(ConfigurationError, match="did you mean resnet18"):
+        load_classifier(settings(model="resnet-18"))
+
+
+def test_default_weights_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ConfigurationError) as info:
+        load_classifier(settings(model="resnet18"))
+    message = str(info.value)
+    assert "resnet18" in message and "could not be downloaded" in message
+    assert "weights=random" in message and str(tmp_path) in message
+
+
+def test_cuda_requested_without_cuda_is_refused() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigurationError, match="CUDA is not available"):
+        load_classifier(settings(device="cuda"))
+
+
+def test_factory_models(tmp_path: Path) -> None:
+    assert load_classifier(settings(model="tests.fakes:slow_classifier")).name == "fake"
+    with pytest.raises(ConfigurationError, match="cannot import model factory"):
+        load_classifier(settings(model="tests.nowhere:factory"))
+    with pytest.raises(ConfigurationError, match="not a Classifier"):
+        load_classifier(settings(model="tests.bad_factory:make"))
+
+
+def test_noop_classifier_and_engine_energy_split() -> None:
+    from energy import EnergySampler, create_meter
+
+    sampler = EnergySampler(create_meter("estimate"))
+    seen: list[tuple[str, float, int]] = []
+    engine = InferenceEngine(NoopClassifier(), sampler, on_batch_energy=lambda *a: seen.append(a))
+    items = engine._compute([torch.zeros(1)] * 4)
+    engine.close()
+    assert len(items) == 4
+    assert {i.energy_source for i in items} == {"estimate"}
+    ((source, batch_j, size),) = seen
+    assert source == "estimate" and size == 4
+    assert sum(i.energy_j for i in items) == pytest.approx(batch_j)
+    assert len(items[0].indices) == 10
