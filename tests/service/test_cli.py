@@ -56,6 +56,6 @@ def test_train_default_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     out = tmp_path / "digits.pt"
     assert cli.main(["train-default", "--out", str(out), "--epochs", "3"]) == 0
     assert "held-out accuracy" in capsys.readouterr().out
-    model, labels = digits.load_model(out)
+    _model, labels = digits.load_model(out)
     assert labels == digits.LABELS
     assert out.stat().st_size < 300 * 1024
