@@ -63,14 +63,22 @@ class InferenceEngine:
         example = self.classifier.preprocess(self.classifier.example_image())
         for size in sorted(set(batch_sizes)):
             started = time.perf_counter()
-            self.classifier.predict([example] * size)
+            probs = self.classifier.predict([example] * size)
+            if probs.shape != (size, len(self.classifier.labels)):
+                raise ModelError(
+                    f"model output has shape {tuple(probs.shape)} for a batch of {size}; expected "
+                    f"({size}, {len(self.classifier.labels)}), one score per label"
+                )
             logger.info("warm-up batch of %d took %.1f ms", size, (time.perf_counter() - started) * 1000)
 
     def _compute(self, batch: list[torch.Tensor]) -> list[ItemResult]:
         t0 = time.monotonic()
         probs = self.classifier.predict(batch)
-        if probs.shape[0] != len(batch):
-            raise ModelError(f"model returned {probs.shape[0]} rows for a batch of {len(batch)}")
+        if probs.ndim != 2 or probs.shape[0] != len(batch) or probs.shape[1] != len(self.classifier.labels):
+            raise ModelError(
+                f"model output has shape {tuple(probs.shape)} for a batch of {len(batch)} "
+                f"and {len(self.classifier.labels)} labels"
+            )
         scores, indices = probs.topk(self._top, dim=1)
         t1 = time.monotonic()
         energy_j = self.sampler.energy_between(t0, t1)
