@@ -105,7 +105,11 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Loading is blocking (torch.load, model construction): keep the loop free meanwhile.
         # A configuration error aborts start-up here with its message, before the port opens.
-        state = await asyncio.to_thread(_build_state, settings, classifier)
+        try:
+            state = await asyncio.to_thread(_build_state, settings, classifier)
+        except ConfigurationError as exc:
+            logger.error("cannot start: %s", exc)
+            raise
         app.state.server = state
         state.sampler.start()
         state.batcher.start()

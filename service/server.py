@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from service.app import create_app
 from service.config import Settings
 from service.errors import ConfigurationError
+from service.model import load_classifier
 from service.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,16 @@ class GreenServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
-    app = create_app(settings)
+    """Run until a signal. Exit status: 0 after a graceful shutdown, 2 for a bad model setting,
+    3 when start-up fails otherwise (uvicorn's own code, e.g. an energy source that is unavailable)."""
+    try:
+        # Loaded before uvicorn starts so that a bad model or weights setting ends in one clear
+        # line and exit status 2, not in a lifespan traceback.
+        classifier = load_classifier(settings)
+    except ConfigurationError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
+    app = create_app(settings, classifier=classifier)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -48,9 +58,5 @@ def serve(settings: Settings) -> int:
         lifespan="on",
     )
     server = GreenServer(config, app)
-    try:
-        server.run()
-    except ConfigurationError as exc:
-        logger.error("cannot start: %s", exc)
-        return 2
-    return 0 if server.started else 3
+    server.run()
+    return 0 if server.started else 2
