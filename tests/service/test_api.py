@@ -289,3 +289,18 @@ async def test_grayscale_16bit_and_alpha_inputs_are_accepted() -> None:
         )
         assert response.status_code == 200
         assert response.json()["predictions"][0]["index"] == 2
+
+
+class WrongShapeClassifier(FakeClassifier):
+    def predict(self, batch):  # type: ignore[no-untyped-def]
+        return super().predict(batch)[:, :2]  # fewer scores than labels
+
+
+async def test_failed_warm_up_keeps_the_server_unready_with_the_reason() -> None:
+    async with running_app(make_settings(), WrongShapeClassifier(), wait_ready=False) as (app, client):
+        while app.state.server.phase is Phase.STARTING:
+            await asyncio.sleep(0.005)
+        error = assert_error(await client.get("/readyz"), 503, "not_ready")
+        assert "warm-up failed" in error["message"] and "one score per label" in error["message"]
+        response = await client.post("/classify", content=gray_png(1), headers={"content-type": "image/png"})
+        assert_error(response, 503, "not_ready")

@@ -59,3 +59,9 @@ def test_train_default_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     _model, labels = digits.load_model(out)
     assert labels == digits.LABELS
     assert out.stat().st_size < 300 * 1024
+
+
+def test_serve_with_unknown_model_exits_2_with_one_clear_line(caplog: pytest.LogCaptureFixture) -> None:
+    assert cli.main(["serve", "--model", "resnet-18", "--port", "0"]) == 2
+    assert "cannot start: unknown model 'resnet-18'" in caplog.text
+    assert "did you mean resnet18" in caplog.text
