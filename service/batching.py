@@ -297,7 +297,7 @@ class Batcher(Generic[T, R]):
                 failed,
             )
         else:
-            logger.info("%s drained: %d accepted requests answered", self._name, pending_before)
+            logger.info("%s closed: all %d pending requests answered", self._name, pending_before)
         return DrainReport(answered=pending_before - failed, failed=failed, timed_out=timed_out)
 
     # --- internals ---------------------------------------------------------------------------
