@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint typecheck check bench train-default clean
+.PHONY: help venv run test lint typecheck check bench train-default train-ablation train-hpo clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ bench: $(STAMP)  ## Serving benchmark: offline vs served throughput and J/image,
 
 train-default: $(STAMP)  ## Re-create the embedded digits checkpoint
 	$(VENV)/bin/greenserve train-default $(ARGS)
+
+train-ablation: $(STAMP)  ## Layer ablation on digits: energy per CNN design, Kruskal-Wallis per factor (results/ablation)
+	$(VENV)/bin/greenserve train ablation $(ARGS)
+
+train-hpo: $(STAMP)  ## HPO strategies (bayes, tpe, random, grid, bayes+hyperband) compared on energy (results/hpo)
+	$(VENV)/bin/greenserve train hpo $(ARGS)
 
 clean:  ## Remove the environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=60)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train_default)
+    # Each package owns its sub-command group (DESIGN.md); the trainer's is ``greenserve train``.
+    from trainer.cli import add_commands as add_trainer_commands
+
+    add_trainer_commands(commands)
     return parser
 
 

@@ -1,0 +1,151 @@
+"""``greenserve train …``: the trainer's sub-command group.
+
+Flags are generated from the studies' settings dataclasses (one source of truth, as ``serve``'s
+are from its settings class): ``--conv-levels 1,4``, ``--quick``, ``--no-quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import TrainerError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RESULTS = Path("results")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def _tuple_of(kind: Any) -> Any:
+    convert = _parse_bool if kind is bool else kind
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(convert(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+
+    return parse
+
+
+def _converter(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _converter(args[0])
+    if origin is tuple:
+        return _tuple_of(args[0] if args else str)
+    if annotation is Path:
+        return Path
+    if annotation in (int, float, str):
+        return annotation
+    return str
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field of the settings dataclass ``cls`` (defaults shown in --help)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else None
+        if default is None and field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+        help_text = f"(default: {shown})"
+        if hints[field.name] is bool:
+            parser.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, dest=field.name, type=_converter(hints[field.name]), default=None, help=help_text
+            )
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build ``cls`` from the flags given; unspecified ones keep the dataclass defaults."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+    return cls(**given)
+
+
+def _run(handler: Any, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        for path in handler(args):
+            print(path)
+    except TrainerError as exc:
+        print(f"greenserve train {args.train_command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``train`` and its sub-commands on the top-level ``greenserve`` parser."""
+    from trainer.ablation import AblationSettings, run_ablation
+    from trainer.hpo import HpoSettings, run_hpo, write_hpo_report
+    from trainer.report import ablation_report
+
+    train = commands.add_parser("train", help="Training-side energy experiments (HPO, layer ablation).")
+    sub = train.add_subparsers(dest="train_command", required=True, metavar="EXPERIMENT")
+
+    ablation = sub.add_parser(
+        "ablation",
+        help="Factorial ablation of CNN layers: energy and accuracy per design, Kruskal-Wallis per factor.",
+    )
+    add_dataclass_flags(ablation, AblationSettings)
+    ablation.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "ablation", help="results directory")
+
+    def do_ablation(args: argparse.Namespace) -> list[Path]:
+        settings = dataclass_from_args(AblationSettings, args)
+        return [run_ablation(settings, args.out)]
+
+    ablation.set_defaults(handler=lambda args: _run(do_ablation, args))
+
+    hpo = sub.add_parser("hpo", help="Hyperparameter optimisation strategies compared on energy.")
+    add_dataclass_flags(hpo, HpoSettings)
+    hpo.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "hpo", help="results directory")
+
+    def do_hpo(args: argparse.Namespace) -> list[Path]:
+        settings = dataclass_from_args(HpoSettings, args)
+        return [run_hpo(settings, args.out)]
+
+    hpo.set_defaults(handler=lambda args: _run(do_hpo, args))
+
+    report = sub.add_parser("report", help="Redraw a study's summary and plots from its CSV alone.")
+    report.add_argument("csv", type=Path, help="ablation_runs.csv or hpo_trials.csv")
+    report.add_argument("--out", type=Path, default=None, help="output directory (default: the CSV's)")
+
+    def do_report(args: argparse.Namespace) -> list[Path]:
+        csv_path: Path = args.csv
+        if not csv_path.is_file():
+            raise TrainerError(f"{csv_path} does not exist")
+        out = args.out or csv_path.parent
+        header = csv_path.open(encoding="utf-8").readline()
+        if "conv_layers" in header:
+            return list(ablation_report(csv_path, out))
+        if "strategy" in header:
+            return list(write_hpo_report(csv_path, out))
+        raise TrainerError(f"{csv_path} is neither an ablation nor an HPO results table")
+
+    report.set_defaults(handler=lambda args: _run(do_report, args))
