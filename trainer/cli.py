@@ -141,7 +141,8 @@ def add_commands(commands: Any) -> None:
         if not csv_path.is_file():
             raise TrainerError(f"{csv_path} does not exist")
         out = args.out or csv_path.parent
-        header = csv_path.open(encoding="utf-8").readline()
+        with csv_path.open(encoding="utf-8") as f:
+            header = f.readline()
         if "conv_layers" in header:
             return list(ablation_report(csv_path, out))
         if "strategy" in header:
