@@ -195,7 +195,7 @@ class HpoSettings:
     device: str = "cpu"
     energy_source: str = "auto"
     watts_per_core: float | None = None
-    idle_s: float = 1.0  # idle-power measurement before each trial (sensor sources only)
+    idle_s: float = 1.0  # idle-power measurement, once before the first trial (sensor sources only)
     torch_threads: int = 1  # torch's intra-op threads during the run; 0: leave torch's setting alone
     storage: str | None = None  # Optuna RDB URL; None: sqlite:///<out_dir>/hpo.db
     quick: bool = False
