@@ -12,6 +12,7 @@ import logging
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,28 +110,24 @@ def add_commands(commands: Any) -> None:
     train = commands.add_parser("train", help="Training-side energy experiments (HPO, layer ablation).")
     sub = train.add_subparsers(dest="train_command", required=True, metavar="EXPERIMENT")
 
-    ablation = sub.add_parser(
+    def add_study(name: str, help_text: str, settings_cls: type, run: Callable[[Any, Path], Path]) -> None:
+        """A study command: flags from its settings dataclass, ``--out``, and its run function."""
+        parser = sub.add_parser(name, help=help_text)
+        add_dataclass_flags(parser, settings_cls)
+        parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS / name, help="results directory")
+
+        def handle(args: argparse.Namespace) -> list[Path]:
+            return [run(dataclass_from_args(settings_cls, args), args.out)]
+
+        parser.set_defaults(handler=lambda args: _run(handle, args))
+
+    add_study(
         "ablation",
-        help="Factorial ablation of CNN layers: energy and accuracy per design, Kruskal-Wallis per factor.",
+        "Factorial ablation of CNN layers: energy and accuracy per design, Kruskal-Wallis per factor.",
+        AblationSettings,
+        run_ablation,
     )
-    add_dataclass_flags(ablation, AblationSettings)
-    ablation.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "ablation", help="results directory")
-
-    def do_ablation(args: argparse.Namespace) -> list[Path]:
-        settings = dataclass_from_args(AblationSettings, args)
-        return [run_ablation(settings, args.out)]
-
-    ablation.set_defaults(handler=lambda args: _run(do_ablation, args))
-
-    hpo = sub.add_parser("hpo", help="Hyperparameter optimisation strategies compared on energy.")
-    add_dataclass_flags(hpo, HpoSettings)
-    hpo.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "hpo", help="results directory")
-
-    def do_hpo(args: argparse.Namespace) -> list[Path]:
-        settings = dataclass_from_args(HpoSettings, args)
-        return [run_hpo(settings, args.out)]
-
-    hpo.set_defaults(handler=lambda args: _run(do_hpo, args))
+    add_study("hpo", "Hyperparameter optimisation strategies compared on energy.", HpoSettings, run_hpo)
 
     report = sub.add_parser("report", help="Redraw a study's summary and plots from its CSV alone.")
     report.add_argument("csv", type=Path, help="ablation_runs.csv or hpo_trials.csv")
