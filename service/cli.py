@@ -110,14 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=60)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train_default)
-    # Each package owns its sub-command group (DESIGN.md); the trainer's is ``greenserve train``.
-    from trainer.cli import add_commands as add_trainer_commands
-
-    add_trainer_commands(commands)
+    # Each package owns its sub-command group (DESIGN.md). ``greenserve train …`` is handed to
+    # trainer.cli whole (see main), so that serve does not import optuna, scipy and matplotlib:
+    # listed here only for the top-level help.
+    commands.add_parser("train", help="Training-side energy experiments: greenserve train --help.")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from trainer.cli import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     code: int = args.handler(args)
     return code

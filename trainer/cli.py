@@ -12,7 +12,7 @@ import logging
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +101,23 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: Any) -> None:
-    """Register ``train`` and its sub-commands on the top-level ``greenserve`` parser."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """``greenserve train …`` (the top-level command hands its arguments here)."""
+    parser = argparse.ArgumentParser(
+        prog="greenserve train", description="Training-side energy experiments (HPO, layer ablation)."
+    )
+    add_commands(parser)
+    args = parser.parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+def add_commands(train: argparse.ArgumentParser) -> None:
+    """The experiments, as sub-commands of ``train``."""
     from trainer.ablation import AblationSettings, run_ablation
     from trainer.hpo import HpoSettings, run_hpo, write_hpo_report
     from trainer.report import ablation_report
 
-    train = commands.add_parser("train", help="Training-side energy experiments (HPO, layer ablation).")
     sub = train.add_subparsers(dest="train_command", required=True, metavar="EXPERIMENT")
 
     def add_study(name: str, help_text: str, settings_cls: type, run: Callable[[Any, Path], Path]) -> None:
