@@ -1,71 +1,21 @@
-"""The load client: generated JPEGs, a closed-loop HTTP/1.1 driver, and ``/metrics`` snapshots."""
+"""The benchmark load client: a closed-loop HTTP/1.1 driver, and ``/metrics`` snapshots."""
 
 from __future__ import annotations
 
 import asyncio
-import io
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
-import numpy as np
-from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.machine import machine_busy_cpu_s, process_cpu_s
+from loadgen.images import make_jpegs
+from loadgen.metrics import MetricKey, metric, parse_metrics
+
+__all__ = ["LoadRun", "Record", "Snapshot", "drive", "make_jpegs", "make_snapshot", "metric", "parse_metrics"]
 
 JPEG_HEADERS = {"content-type": "image/jpeg"}
-IMAGE_SIZE = 224
-
-
-def make_jpegs(count: int, *, size: int = IMAGE_SIZE, seed: int = 0, quality: int = 90) -> list[bytes]:
-    """``count`` photo-like JPEGs (smooth gradient, soft blobs, sensor-like noise); deterministic in ``seed``.
-
-    Flat or random-noise images would be unrealistically cheap or expensive to decode; this is
-    close to what a camera photo scaled to 224×224 costs (about 15-25 KB at quality 90).
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
-    bodies: list[bytes] = []
-    for _ in range(count):
-        angle = rng.uniform(0, 2 * math.pi)
-        ramp = math.cos(angle) * xx + math.sin(angle) * yy
-        ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
-        start, end = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
-        pixels = start + (end - start) * ramp[..., None]
-        for _ in range(3):
-            cx, cy = rng.uniform(0, 1, size=2)
-            radius = rng.uniform(0.08, 0.3)
-            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
-            pixels += blob[..., None] * rng.uniform(-90, 90, size=3).astype(np.float32)
-        pixels += rng.normal(0, 6, size=pixels.shape).astype(np.float32)
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=quality)
-        bodies.append(buffer.getvalue())
-    return bodies
-
-
-# --- metrics ------------------------------------------------------------------------------------
-
-MetricKey = tuple[str, frozenset[tuple[str, str]]]
-
-
-def parse_metrics(text: str) -> dict[MetricKey, float]:
-    """Prometheus text → {(sample name, labels): value}."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): float(sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric(samples: dict[MetricKey, float], name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(value for (sample, have), value in samples.items() if sample == name and wanted <= have)
 
 
 # --- load ---------------------------------------------------------------------------------------

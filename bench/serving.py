@@ -16,7 +16,7 @@ The study is data plus functions: :func:`plan` turns the settings into a list of
 :func:`run` measures each step into a point, :func:`summarize` (pure) turns points into the
 ratios and target verdicts, and the JSON file holds all of it, so a report can be redrawn without
 re-running. Servers only ever bind 127.0.0.1 and are always stopped (their process group is
-killed) when a step ends, fails or is interrupted (:mod:`bench.servers`); the load client is
+killed) when a step ends, fails or is interrupted (:mod:`loadgen.servers`); the load client is
 :mod:`bench.client`, CPU accounting :mod:`bench.machine`.
 """
 
@@ -43,7 +43,7 @@ from rich.table import Table
 
 from bench.client import LoadRun, drive, make_jpegs, make_snapshot, metric
 from bench.machine import delta, machine_busy_cpu_s, machine_info, wait_for_quiet
-from bench.servers import HOST, REPO_ROOT, ServerError, running_server
+from loadgen.servers import HOST, REPO_ROOT, ServerError, running_server
 
 if TYPE_CHECKING:
     import torch
