@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     # trainer.cli whole (see main), so that serve does not import optuna, scipy and matplotlib:
     # listed here only for the top-level help.
     commands.add_parser("train", help="Training-side energy experiments: greenserve train --help.")
+    # The load generator's commands are handed to loadgen.cli the same way.
+    from loadgen.cli import COMMANDS as LOADGEN_COMMANDS
+
+    for name, help_text in LOADGEN_COMMANDS.items():
+        commands.add_parser(name, help=f"{help_text} (greenserve {name} --help)")
     return parser
 
 
@@ -123,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trainer.cli import main as train_main
 
         return train_main(argv[1:])
+    from loadgen.cli import COMMANDS as LOADGEN_COMMANDS
+
+    if argv[:1] and argv[0] in LOADGEN_COMMANDS:
+        from loadgen.cli import main as loadgen_main
+
+        return loadgen_main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     code: int = args.handler(args)
     return code

@@ -1,0 +1,43 @@
+"""``greenserve trace|profile|sweep|simulate …``: the load generator's sub-command group.
+
+The top-level command (:mod:`service.cli`) hands these arguments here whole, so that ``serve``
+imports none of this. Each command lives in :mod:`loadgen.commands` with a ``register(subparsers)``
+function; a :class:`~loadgen.errors.LoadgenError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from loadgen.errors import LoadgenError
+
+#: Command name → module in loadgen.commands that registers it.
+COMMANDS = {
+    "trace": "Generate, inspect and check arrival traces.",
+    "profile": "Offline model profile: latency and J/image per batch size (no HTTP).",
+    "sweep": "Serve each batching configuration of a grid, replay a trace, record the figures.",
+    "simulate": "Predict a configuration's figures from a trace and a model profile (no server).",
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"greenserve {command}", description=COMMANDS[command])
+    module = importlib.import_module(f"loadgen.commands.{command}")
+    module.register(parser)
+    return parser
+
+
+def main(command: str, argv: Sequence[str]) -> int:
+    """Run ``greenserve <command> <argv…>``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser(command).parse_args(list(argv))
+    try:
+        code: int = args.handler(args)
+    except LoadgenError as exc:
+        print(f"greenserve {command}: {exc}", file=sys.stderr)
+        return 2
+    return code
