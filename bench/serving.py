@@ -43,7 +43,8 @@ from rich.table import Table
 
 from bench.client import LoadRun, drive, make_jpegs, make_snapshot, metric
 from bench.machine import delta, machine_busy_cpu_s, machine_info, wait_for_quiet
-from loadgen.servers import HOST, REPO_ROOT, ServerError, running_server
+from loadgen import servers
+from loadgen.servers import HOST, ServerError, running_server
 
 if TYPE_CHECKING:
     import torch
@@ -318,25 +319,18 @@ def measure_offline(
 
 
 def greenserve_argv(step: Step, settings: BenchSettings, port: int) -> list[str]:
-    script = Path(sys.executable).with_name("greenserve")
-    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
-    argv = [
-        *launcher,
-        "serve",
-        "--host", HOST,
-        "--port", str(port),
-        "--model", step.model,
-        "--weights", "random",
-        "--max-batch-size", str(step.batch_size),
-        "--max-wait-ms", f"{settings.max_wait_ms:g}",
-        "--torch-threads", str(settings.torch_threads),
-        "--drain-timeout-s", f"{SERVER_DRAIN_TIMEOUT_S:g}",
-        "--no-access-log",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    if settings.decode_workers is not None:
-        argv += ["--decode-workers", str(settings.decode_workers)]
-    return argv
+    return servers.greenserve_argv(
+        port,
+        model=step.model,
+        weights="random",
+        max_batch_size=step.batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        torch_threads=settings.torch_threads,
+        drain_timeout_s=SERVER_DRAIN_TIMEOUT_S,
+        access_log=False,
+        log_level="warning",
+        decode_workers=settings.decode_workers,
+    )
 
 
 def bare_argv(port: int) -> list[str]:
@@ -351,12 +345,10 @@ def bare_argv(port: int) -> list[str]:
 
 
 def server_env(settings: BenchSettings) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GREENSERVE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    if settings.decode_workers is not None:
-        env["BENCH_BARE_DECODE_WORKERS"] = str(settings.decode_workers)
-    return env
+    extra = (
+        {} if settings.decode_workers is None else {"BENCH_BARE_DECODE_WORKERS": str(settings.decode_workers)}
+    )
+    return servers.server_env(**extra)
 
 
 def served_point(step: Step, settings: BenchSettings, run: LoadRun) -> ServedPoint:

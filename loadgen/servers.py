@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,36 @@ HOST = "127.0.0.1"  # loopback only, always
 READY_TIMEOUT_S = 180.0
 #: After SIGTERM, how long a server gets to drain before its process group is killed.
 STOP_TIMEOUT_S = 15.0
+
+
+def greenserve_argv(port: int, **settings: object) -> list[str]:
+    """``greenserve serve`` on HOST:port with ``settings`` as flags.
+
+    ``max_batch_size=8`` → ``--max-batch-size 8``; ``True``/``False`` → ``--flag``/``--no-flag``;
+    ``None`` is left out.
+    """
+    script = Path(sys.executable).with_name("greenserve")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    argv += ["serve", "--host", HOST, "--port", str(port)]
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return argv
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """This process's environment without ``GREENSERVE_*`` (a step's flags are the whole config),
+    with the repository importable and unbuffered output for the log."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GREENSERVE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
 
 
 class ServerError(RuntimeError):
