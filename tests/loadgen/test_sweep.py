@@ -1,0 +1,226 @@
+"""The sweep: grid parsing, resume, report and recommendation (with a fake runner), then a tiny real
+sweep (a real greenserve per configuration, Locust replaying a trace)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadgen import sweep
+from loadgen.cli import main as loadgen_main
+from loadgen.errors import GridError
+from loadgen.sweep import SweepConfig, SweepSettings, configurations, pareto_front, recommend
+from loadgen.trace import Trace, write_trace
+
+
+def _trace(tmp_path: Path, name: str = "trace.jsonl", rate: float = 10.0, seconds: float = 1.0) -> Path:
+    return write_trace(Trace.from_times(i / rate for i in range(int(rate * seconds))), tmp_path / name)
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "sweep.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- the grid ---------------------------------------------------------------------------------
+
+
+def test_configurations_cross_sizes_and_waits_and_add_one_greedy_per_model() -> None:
+    settings = SweepSettings(
+        models=("digits_cnn", "noop"), batch_sizes=("16", "64", "greedy"), max_waits_ms=(10, 50)
+    )
+    configs = configurations(settings)
+    assert [c.key for c in configs] == [
+        "digits_cnn|b16|w10",
+        "digits_cnn|b16|w50",
+        "digits_cnn|b64|w10",
+        "digits_cnn|b64|w50",
+        "digits_cnn|b64|greedy",
+        "noop|b16|w10",
+        "noop|b16|w50",
+        "noop|b64|w10",
+        "noop|b64|w50",
+        "noop|b64|greedy",
+    ]
+    greedy = configs[4]
+    assert greedy.greedy and greedy.max_wait_ms == 0 and greedy.max_batch_size == 64
+
+
+def test_greedy_alone_defaults_to_128_unless_told() -> None:
+    assert configurations(SweepSettings(batch_sizes=("greedy",)))[0].max_batch_size == 128
+    assert (
+        configurations(SweepSettings(batch_sizes=("greedy",), greedy_max_batch_size=8))[0].max_batch_size == 8
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_sizes": ("16", "big")}, "'big' is neither an integer nor 'greedy'"),
+        ({"batch_sizes": ("0",)}, "outside 1..4096"),
+        ({"batch_sizes": ("16", "16")}, "listed twice"),
+        ({"batch_sizes": ()}, "no batch sizes"),
+        ({"max_waits_ms": (-1.0,)}, "outside 0..60000"),
+        ({"max_waits_ms": (math.nan,)}, "outside 0..60000"),
+        ({"max_waits_ms": ()}, "no max waits"),
+        ({"models": ()}, "no models"),
+        ({"models": ("resnet1",)}, "unknown model 'resnet1'"),
+        ({"models": ("digits_cnn", "digits_cnn")}, "listed twice"),
+        ({"p99_target_ms": 0.0}, "p99 target"),
+    ],
+)
+def test_bad_grids_are_refused_with_the_reason(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(GridError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        configurations(SweepSettings(**overrides))
+
+
+def test_unknown_model_suggests_close_names() -> None:
+    with pytest.raises(GridError, match="did you mean resnet18"):
+        configurations(SweepSettings(models=("resnet-18",)))
+
+
+def test_cli_bad_grid_is_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert loadgen_main("sweep", ["--batch-sizes", "16,x", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "'x' is neither an integer" in err
+    assert not (tmp_path / "sweep.csv").exists()
+
+
+def test_cli_bad_trace_is_exit_2_naming_the_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": 0}\n{"t": 2}\n{"t": 1}\n')
+    assert loadgen_main("sweep", ["--trace", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "line 3" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "sweep.csv").exists()
+
+
+# --- running, resuming and reporting with a fake runner ---------------------------------------
+
+
+class FakeRunner:
+    """J/request falls and p99 grows with the batch size, like a real model under batching."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail = fail or set()
+
+    def __call__(
+        self, config: SweepConfig, settings: SweepSettings, trace: Path, out: Path
+    ) -> dict[str, Any]:
+        self.calls.append(config.key)
+        if config.key in self.fail:
+            raise RuntimeError("server exited with code 2")
+        size = config.max_batch_size
+        p99 = 50.0 + 10.0 * size + config.max_wait_ms
+        return {
+            "requests": 10,
+            "completed": 10,
+            "throughput_rps": 10.0,
+            "latency_p50_ms": p99 / 2,
+            "latency_p90_ms": p99 * 0.9,
+            "latency_p99_ms": p99,
+            "mean_batch_size": float(min(size, 10)),
+            "j_per_request": 1.0 + 8.0 / size + (0.5 if config.greedy else 0.0),
+            "energy_source": "estimate",
+            "rejected_queue_full": 0,
+            "rejected_deadline": 0,
+            "errors": 0,
+            "max_lag_ms": 1.0,
+            "late_requests": 0,
+            "wall_s": 0.1,
+        }
+
+
+def test_sweep_writes_csv_plots_summary_and_resume_skips_done_rows(tmp_path: Path) -> None:
+    trace = _trace(tmp_path)
+    settings = SweepSettings(models=("digits_cnn",), batch_sizes=("1", "4", "greedy"), max_waits_ms=(10,))
+    runner = FakeRunner(fail={"digits_cnn|b4|w10"})
+    result = sweep.run_sweep(settings, trace, tmp_path / "out", runner=runner, progress=False)
+    assert (result.ran, result.skipped, result.failed) == (3, 0, 1)
+    rows = _rows(tmp_path / "out")
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "failed", "ok"]
+    assert "server exited with code 2" in rows[1]["status"]
+    for name in ("summary.md", "pareto.png", "energy-vs-batch.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert (tmp_path / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+    rerun = FakeRunner()
+    result = sweep.run_sweep(settings, trace, tmp_path / "out", runner=rerun, progress=False)
+    assert rerun.calls == ["digits_cnn|b4|w10"]  # only the failed one is retried
+    assert (result.ran, result.skipped, result.failed) == (1, 2, 0)
+    rows = _rows(tmp_path / "out")
+    assert sorted(r["key"] for r in rows) == sorted(c.key for c in configurations(settings))
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_resuming_with_another_trace_is_refused(tmp_path: Path) -> None:
+    settings = SweepSettings(batch_sizes=("2",), max_waits_ms=(5,))
+    sweep.run_sweep(settings, _trace(tmp_path), tmp_path / "out", runner=FakeRunner(), progress=False)
+    other = _trace(tmp_path, "other.jsonl", rate=20.0)
+    with pytest.raises(GridError, match="another trace"):
+        sweep.run_sweep(settings, other, tmp_path / "out", runner=FakeRunner(), progress=False)
+
+
+def test_summary_recommends_the_lowest_energy_meeting_the_target(tmp_path: Path) -> None:
+    trace = _trace(tmp_path)
+    settings = SweepSettings(batch_sizes=("1", "4", "16"), max_waits_ms=(0,), p99_target_ms=100.0)
+    sweep.run_sweep(settings, trace, tmp_path / "out", runner=FakeRunner(), progress=False)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    # p99 = 50 + 10·b: b1 60 ms, b4 90 ms, b16 210 ms; J = 1 + 8/b: b4 is the cheapest under 100 ms.
+    assert "Recommendation: **b4 w0ms** — 3 J/request (estimate) at p99 90 ms" in summary
+    assert "*estimate*" in summary
+    # With a target nothing meets, the summary says so and names the fastest.
+    sweep.write_report(tmp_path / "out" / "sweep.csv", tmp_path / "out", p99_target_ms=10.0)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "No configuration meets p99 ≤ 10 ms" in summary and "b1 w0ms (60 ms" in summary
+
+
+def _point(key: str, p99: float, joules: float, rejected: int = 0) -> sweep.Point:
+    return sweep.Point(key, "m", False, 1, 0.0, p99, joules, "estimate", 1.0, 1.0, rejected, 0)
+
+
+def test_pareto_front_and_recommendation_by_hand() -> None:
+    a, b, c, d = _point("a", 10, 5), _point("b", 20, 3), _point("c", 30, 4), _point("d", 40, 1, rejected=2)
+    assert [p.key for p in pareto_front([a, b, c, d])] == ["a", "b", "d"]  # c is beaten by b on both
+    assert recommend([a, b, c, d], 50).key == "b"  # type: ignore[union-attr]  # d rejected requests
+    assert recommend([a, b, c, d], 15).key == "a"  # type: ignore[union-attr]
+    assert recommend([a, b, c, d], 5) is None
+
+
+def test_report_only_redraws_from_the_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert loadgen_main("sweep", ["--report-only", "--out", str(tmp_path)]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    settings = SweepSettings(batch_sizes=("1", "4"), max_waits_ms=(0,))
+    sweep.run_sweep(settings, _trace(tmp_path), tmp_path, runner=FakeRunner(), progress=False)
+    (tmp_path / "summary.md").unlink()
+    assert loadgen_main("sweep", ["--report-only", "--out", str(tmp_path), "--p99-target-ms", "70"]) == 0
+    assert "Recommendation: **b1 w0ms**" in (tmp_path / "summary.md").read_text()
+
+
+# --- a tiny real sweep ------------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_tiny_real_sweep_writes_its_csv_and_plots_and_resumes(tmp_path: Path) -> None:
+    trace = _trace(tmp_path, rate=20.0, seconds=2.0)
+    settings = SweepSettings(
+        models=("digits_cnn",), batch_sizes=("4", "greedy"), max_waits_ms=(20,), energy_source="estimate"
+    )
+    out = tmp_path / "out"
+    result = sweep.run_sweep(settings, trace, out, progress=False)
+    assert (result.ran, result.failed) == (2, 0), (out / "summary.md").read_text()
+    rows = _rows(out)
+    assert [r["key"] for r in rows] == ["digits_cnn|b4|w20", "digits_cnn|b4|greedy"]
+    for row in rows:
+        assert row["status"] == "ok"
+        assert int(row["requests"]) == 40 and int(row["completed"]) == 40
+        assert float(row["j_per_request"]) > 0 and row["energy_source"] == "estimate"
+        assert 1 <= float(row["mean_batch_size"]) <= int(row["max_batch_size"])
+        assert float(row["latency_p99_ms"]) >= float(row["latency_p50_ms"]) > 0
+    assert (out / "pareto.png").exists() and (out / "energy-vs-batch.png").exists()
+    again = sweep.run_sweep(settings, trace, out, progress=False)
+    assert (again.ran, again.skipped) == (0, 2)
