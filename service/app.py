@@ -23,6 +23,7 @@ from service.imaging import DecodeLimits
 from service.inference import InferenceEngine, ItemResult
 from service.metrics import Metrics
 from service.model import Classifier, load_classifier
+from service.recording import ArrivalRecorder, ArrivalRecordingMiddleware, recording_lifespan
 from service.state import Phase, ServerState
 from service.tasks import create_logged_task
 
@@ -126,13 +127,18 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
             state.sampler.stop()
             state.meter.close()
 
+    # --record-trace: the recorder opens before the lifespan and closes after its drain, and its
+    # middleware is the outermost, so every POST /classify is recorded, even one refused later.
+    recorder = ArrivalRecorder(settings.record_trace) if settings.record_trace is not None else None
     app = FastAPI(
         title="greenserve",
         summary="Energy-aware image classification with dynamic batching",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=lifespan if recorder is None else recording_lifespan(recorder, lifespan),
     )
     app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
+    if recorder is not None:
+        app.add_middleware(ArrivalRecordingMiddleware, recorder=recorder)
     return app

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.recording import TRACE_SUFFIXES
+
 EMBEDDED_MODEL = "digits_cnn"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -92,6 +94,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     access_log: bool = Field(True, description="Log one structured line per request.")
+    record_trace: Path | None = Field(
+        None,
+        description=(
+            "Append each request's arrival time to this trace file (JSON Lines) so real traffic "
+            "can be replayed."
+        ),
+    )
 
     @field_validator("device")
     @classmethod
@@ -112,6 +121,23 @@ class Settings(BaseSettings):
     def _check_labels_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"labels_file {str(value)!r} does not exist")
+        return value
+
+    @field_validator("record_trace")
+    @classmethod
+    def _check_record_trace(cls, value: Path | None) -> Path | None:
+        # Checked here so that a typo ends start-up with exit 2 and this message; a file that still
+        # cannot be opened (permissions) is reported by service.recording when the server starts.
+        if value is None:
+            return value
+        if value.suffix.lower() not in TRACE_SUFFIXES:
+            raise ValueError(
+                f"record_trace {str(value)!r} must end in .jsonl or .ndjson (it is written as JSON Lines)"
+            )
+        if value.is_dir():
+            raise ValueError(f"record_trace {str(value)!r} is a directory; give a file path")
+        if not value.parent.is_dir():
+            raise ValueError(f"record_trace {str(value)!r}: directory {str(value.parent)!r} does not exist")
         return value
 
     @model_validator(mode="after")
