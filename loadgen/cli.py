@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,4 +41,9 @@ def main(command: str, argv: Sequence[str]) -> int:
     except LoadgenError as exc:
         print(f"greenserve {command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # ``greenserve trace stats … | head``: the reader left; not an error of ours. Point stdout
+        # at devnull so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code

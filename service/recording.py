@@ -83,6 +83,12 @@ def _open(path: Path) -> tuple[IO[str], float]:
     return handle, last or 0.0
 
 
+def check_trace_file(path: Path) -> None:
+    """:class:`ConfigurationError` unless ``path`` can be opened and continued (checked at start-up)."""
+    handle, _ = _open(path)
+    handle.close()
+
+
 class ArrivalRecorder:
     """Buffers arrival times and appends them to a JSON Lines trace file.
 

@@ -18,6 +18,7 @@ from service.app import create_app
 from service.config import Settings
 from service.errors import ConfigurationError
 from service.model import load_classifier
+from service.recording import check_trace_file
 from service.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -38,12 +39,15 @@ class GreenServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
-    """Run until a signal. Exit status: 0 after a graceful shutdown, 2 for a bad model setting,
+    """Run until a signal. Exit status: 0 after a graceful shutdown, 2 for a bad model setting
+    or an unusable record_trace file,
     3 when start-up fails otherwise (uvicorn's own code, e.g. an energy source that is unavailable)."""
     try:
         # Loaded before uvicorn starts so that a bad model or weights setting ends in one clear
         # line and exit status 2, not in a lifespan traceback.
         classifier = load_classifier(settings)
+        if settings.record_trace is not None:
+            check_trace_file(settings.record_trace)
     except ConfigurationError as exc:
         logger.error("cannot start: %s", exc)
         return 2

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -194,3 +197,19 @@ async def test_a_restarted_recorder_continues_its_file(tmp_path: Path) -> None:
             recorder.record(t)
         await recorder.close()
     assert read_trace(path).times == (0.0, 1.0, 1.0, 1.5)
+
+
+def test_serve_with_an_unusable_trace_file_exits_2_with_one_line_before_listening(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jsonl"
+    path.write_text("remember the milk\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--record-trace", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GREENSERVE_ENERGY_SOURCE": "estimate"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot start: record_trace" in done.stderr
+    assert "Traceback" not in done.stderr and "Uvicorn running" not in done.stderr
+    assert path.read_text() == "remember the milk\n"
