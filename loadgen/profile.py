@@ -1,0 +1,731 @@
+"""Offline model profiles: latency and energy per batch size, measured without HTTP.
+
+A profile is the physical limit the served figures are compared with, and the simulator's
+(:mod:`loadgen.simulate`) model of the server's compute: how long a batch of ``b`` items takes and
+how many joules it costs. See ``docs/simulator.md``.
+
+Two layers:
+
+* a generic core, :func:`profile_batches`, that times any ``run_batch(batch_size)`` callable and
+  reads its energy from an :class:`~energy.EnergySampler`. It imports neither ``service`` nor
+  ``torch``, so a study in ``trainer/`` (which never imports ``service``) can profile plain torch
+  modules with it;
+* :func:`profile_model`, which loads a model exactly as the server does
+  (:func:`service.model.load_classifier`, imported lazily) and profiles ``classifier.predict`` on
+  real inputs decoded as the server decodes them, plus the per-image decode + preprocess cost.
+
+:class:`ModelProfile` holds the result, interpolates it at any batch size, and is saved as CSV
+(one row per batch size) or JSON; a file that cannot be used is a :class:`ProfileError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from loadgen.errors import ProfileError
+
+if TYPE_CHECKING:
+    from energy import EnergySampler
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZES = (1, 16, 32, 64, 128)
+DEFAULT_WARMUP = 3
+DEFAULT_REPEATS = 10
+#: Each batch size is timed for at least this long (and at least ``repeats`` batches): NVML's
+#: counter refreshes only every ~10-100 ms, so a few short batches would read as a lump or as 0 J.
+DEFAULT_MIN_TIME_S = 1.0
+#: Images decoded (and cycled through) for the inputs and the decode cost.
+DEFAULT_IMAGES = 64
+#: The server's default sampler period (``energy_sample_ms``), so both read energy alike.
+SAMPLER_PERIOD_S = 0.02
+#: Sources whose meter sees the CPU work of decoding (and so charges it to batches when served).
+CPU_SOURCES = frozenset({"rapl", "estimate"})
+#: What out-of-memory failures say: torch.cuda.OutOfMemoryError ("CUDA out of memory"), the CPU
+#: allocator ("DefaultCPUAllocator: can't allocate memory"), MPS ("MPS backend out of memory").
+_OOM_MARKERS = ("out of memory", "can't allocate memory")
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    """One batch size, timed over ``batches`` consecutive batches.
+
+    Units in the names. ``energy_j_per_batch`` is the sampler's energy over the whole timed loop
+    divided by ``batches``: the meter cannot resolve single batches, and loop overhead between
+    batches (a few µs) is charged to them, as it is in the server.
+    """
+
+    batch_size: int
+    batches: int
+    latency_mean_ms: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_std_ms: float
+    energy_j_per_batch: float
+    energy_j_per_image: float
+    images_per_s: float
+    energy_source: str
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """What :func:`profile_batches` measured, and the batch sizes it had to skip (size → reason)."""
+
+    points: tuple[ProfilePoint, ...]
+    skipped: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class CallCost:
+    """Mean time and energy of one call of a function timed in a loop (the decode cost per image)."""
+
+    calls: int
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    energy_j: float
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator running out of memory (CUDA, MPS or CPU), by type or message.
+
+    torch.cuda.OutOfMemoryError is a RuntimeError, and the other devices raise plain RuntimeErrors,
+    so the message is what tells them apart from a model's own failures.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _OOM_MARKERS)
+
+
+def _release_cached_memory() -> None:
+    """After an out-of-memory error, give the CUDA cache back so the next size starts clean."""
+    torch = sys.modules.get("torch")  # only if the caller uses torch: the core never imports it
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def cuda_synchronizer(device: str) -> Callable[[], None] | None:
+    """``torch.cuda.synchronize`` for a CUDA device, else None: kernels run asynchronously, so a
+    batch on the GPU is over only when the device says so, not when the Python call returns."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    index = torch.device(device)
+
+    def synchronize() -> None:
+        torch.cuda.synchronize(index)
+
+    return synchronize
+
+
+def _timed_loop(
+    call: Callable[[], None],
+    *,
+    repeats: int,
+    min_time_s: float,
+    sampler: EnergySampler,
+    synchronize: Callable[[], None] | None,
+) -> tuple[list[float], float, float]:
+    """Run ``call`` at least ``repeats`` times and for at least ``min_time_s``; return the
+    durations (s), the loop's wall time (s) and the sampler's energy over the loop (J)."""
+    durations: list[float] = []
+    sampler.sample()  # a reading right at the start, even if the sampler's thread is not running
+    loop_start = time.monotonic()
+    while len(durations) < repeats or time.monotonic() - loop_start < min_time_s:
+        t0 = time.monotonic()
+        call()
+        if synchronize is not None:
+            synchronize()
+        durations.append(time.monotonic() - t0)
+    loop_end = time.monotonic()
+    return durations, loop_end - loop_start, sampler.energy_between(loop_start, loop_end)
+
+
+def _check_counts(warmup: int, repeats: int, min_time_s: float) -> None:
+    if warmup < 0:
+        raise ProfileError(f"warmup must be >= 0, got {warmup}")
+    if repeats < 1:
+        raise ProfileError(f"repeats must be >= 1, got {repeats}")
+    if not (math.isfinite(min_time_s) and min_time_s >= 0):
+        raise ProfileError(f"min_time_s must be a finite number >= 0, got {min_time_s!r}")
+
+
+def check_batch_sizes(batch_sizes: Iterable[int]) -> tuple[int, ...]:
+    """Sorted, unique, each ≥ 1; anything else is a :class:`ProfileError` naming the value."""
+    sizes = tuple(batch_sizes)
+    if not sizes:
+        raise ProfileError("no batch sizes given")
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ProfileError(f"batch sizes must be integers >= 1, got {size!r}")
+    return tuple(sorted(set(sizes)))
+
+
+def profile_batches(
+    run_batch: Callable[[int], None],
+    batch_sizes: Iterable[int],
+    *,
+    warmup: int = DEFAULT_WARMUP,
+    repeats: int = DEFAULT_REPEATS,
+    sampler: EnergySampler,
+    min_time_s: float = DEFAULT_MIN_TIME_S,
+    synchronize: Callable[[], None] | None = None,
+) -> ProfileRun:
+    """Time ``run_batch(b)`` for each batch size ``b`` (smallest first) and read its energy.
+
+    Per size: ``warmup`` untimed batches (first calls allocate memory and pick kernels), then at
+    least ``repeats`` timed batches and at least ``min_time_s`` of them. ``synchronize`` is called
+    after each batch inside the timing (:func:`cuda_synchronizer` for a CUDA device). ``sampler``
+    should be running (its thread spreads a slow counter's steps; see docs/energy.md).
+
+    A size that runs out of memory (:func:`is_out_of_memory`) is skipped with a warning, and so is
+    every larger size, which would only fail again, slowly; any other exception propagates.
+    """
+    sizes = check_batch_sizes(batch_sizes)
+    _check_counts(warmup, repeats, min_time_s)
+    points: list[ProfilePoint] = []
+    skipped: list[tuple[int, str]] = []
+    for position, size in enumerate(sizes):
+        try:
+            for _ in range(warmup):
+                run_batch(size)
+            if synchronize is not None:
+                synchronize()
+            durations, wall_s, energy_j = _timed_loop(
+                functools.partial(run_batch, size),
+                repeats=repeats,
+                min_time_s=min_time_s,
+                sampler=sampler,
+                synchronize=synchronize,
+            )
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _release_cached_memory()
+            reason = f"out of memory: {str(exc).splitlines()[0][:200]}"
+            skipped.append((size, reason))
+            skipped += [
+                (larger, f"larger than {size}, which ran out of memory") for larger in sizes[position + 1 :]
+            ]
+            logger.warning("batch size %d skipped (%s); larger sizes skipped too", size, reason)
+            break
+        points.append(_point(size, durations, wall_s, energy_j, sampler.source))
+        logger.info(
+            "batch %d: %.2f ms/batch, %.4g J/image (%s), %.1f images/s",
+            size,
+            points[-1].latency_mean_ms,
+            points[-1].energy_j_per_image,
+            sampler.source,
+            points[-1].images_per_s,
+        )
+    return ProfileRun(tuple(points), tuple(skipped))
+
+
+def _point(
+    size: int, durations_s: Sequence[float], wall_s: float, energy_j: float, source: str
+) -> ProfilePoint:
+    ms = np.asarray(durations_s, dtype=np.float64) * 1000.0
+    p50, p99 = np.percentile(ms, [50, 99])
+    batches = len(durations_s)
+    return ProfilePoint(
+        batch_size=size,
+        batches=batches,
+        latency_mean_ms=float(ms.mean()),
+        latency_p50_ms=float(p50),
+        latency_p99_ms=float(p99),
+        latency_std_ms=float(ms.std(ddof=1)) if batches > 1 else 0.0,
+        energy_j_per_batch=energy_j / batches,
+        energy_j_per_image=energy_j / (batches * size),
+        images_per_s=batches * size / wall_s if wall_s > 0 else math.inf,
+        energy_source=source,
+    )
+
+
+def profile_calls(
+    call: Callable[[], None],
+    *,
+    warmup: int,
+    repeats: int,
+    sampler: EnergySampler,
+    min_time_s: float = 0.0,
+) -> CallCost:
+    """Mean time and energy of ``call()`` (at least ``repeats`` calls and ``min_time_s``)."""
+    _check_counts(warmup, repeats, min_time_s)
+    for _ in range(warmup):
+        call()
+    durations, _wall_s, energy_j = _timed_loop(
+        call, repeats=repeats, min_time_s=min_time_s, sampler=sampler, synchronize=None
+    )
+    ms = np.asarray(durations, dtype=np.float64) * 1000.0
+    p50, p99 = np.percentile(ms, [50, 99])
+    return CallCost(len(durations), float(ms.mean()), float(p50), float(p99), energy_j / len(durations))
+
+
+# --- the profile of a served model -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """A model's offline figures per batch size, as the simulator uses them.
+
+    ``points`` are sorted by batch size, one per size, all with ``energy_source``.
+    ``preprocess_ms_per_image`` and ``preprocess_j_per_image`` are the decode + preprocess cost
+    of one request's image (``None`` when not measured): work the server does per request in its
+    decode threads, outside the model, which the simulator may add (``SimConfig``).
+
+    :meth:`latency_s` and :meth:`energy_j` interpolate between profiled sizes; see
+    :func:`interpolate` for what they do outside the profiled range.
+    """
+
+    model: str
+    device: str
+    energy_source: str
+    points: tuple[ProfilePoint, ...]
+    weights: str | None = None
+    torch_threads: int | None = None
+    preprocess_ms_per_image: float | None = None
+    preprocess_j_per_image: float | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            raise ProfileError(f"profile of {self.model}: no batch sizes were profiled")
+        sizes = [p.batch_size for p in self.points]
+        if sizes != sorted(set(sizes)):
+            raise ProfileError(f"profile of {self.model}: batch sizes {sizes} are not sorted and unique")
+        for point in self.points:
+            if point.energy_source != self.energy_source:
+                raise ProfileError(
+                    f"profile of {self.model}: batch {point.batch_size} measured with "
+                    f"{point.energy_source!r}, the profile says {self.energy_source!r}"
+                )
+            if not (math.isfinite(point.latency_mean_ms) and point.latency_mean_ms > 0):
+                raise ProfileError(
+                    f"profile of {self.model}: batch {point.batch_size} has latency "
+                    f"{point.latency_mean_ms!r} ms; it must be > 0"
+                )
+            if not (math.isfinite(point.energy_j_per_batch) and point.energy_j_per_batch >= 0):
+                raise ProfileError(
+                    f"profile of {self.model}: batch {point.batch_size} has energy "
+                    f"{point.energy_j_per_batch!r} J; it must be >= 0"
+                )
+
+        for name in ("preprocess_ms_per_image", "preprocess_j_per_image"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ProfileError(f"profile of {self.model}: {name} is {value!r}; it must be >= 0")
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        return tuple(p.batch_size for p in self.points)
+
+    def latency_s(self, batch_size: int) -> float:
+        """Mean time to compute one batch of ``batch_size`` (seconds)."""
+        return interpolate(self._curve("latency"), batch_size) / 1000.0
+
+    def energy_j(self, batch_size: int) -> float:
+        """Energy of one batch of ``batch_size`` (joules, this profile's ``energy_source``)."""
+        return interpolate(self._curve("energy"), batch_size)
+
+    def _curve(self, what: str) -> list[tuple[int, float]]:
+        if what == "latency":
+            return [(p.batch_size, p.latency_mean_ms) for p in self.points]
+        return [(p.batch_size, p.energy_j_per_batch) for p in self.points]
+
+
+def interpolate(curve: Sequence[tuple[int, float]], batch_size: float) -> float:
+    """The value of a per-batch cost curve (sorted ``(batch size, cost)`` points) at ``batch_size``.
+
+    * Inside the profiled range: linear between the two neighbouring sizes.
+    * Beyond it (either side): linear from the two nearest points, kept between two bounds that
+      hold for any batching model, where a batch never costs less than a smaller one and the cost
+      per image never grows with the batch: for ``b`` above the largest size ``B``,
+      ``cost(B) ≤ cost(b) ≤ cost(B) × b / B``; for ``b`` below the smallest size ``S``,
+      ``cost(S) × b / S ≤ cost(b) ≤ cost(S)``. The bounds stop a noisy slope (a batch of 64
+      measured faster than one of 32) from extrapolating to a negative or shrinking cost.
+    * A single point: proportional scaling, ``cost(b) = cost(S) × b / S`` (constant cost per
+      image). With nothing to say how the cost grows, this is the choice that never claims a
+      gain from batching the profile did not measure.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch size must be > 0, got {batch_size!r}")
+    if not curve:
+        raise ValueError("empty cost curve")
+    if len(curve) == 1:
+        size, cost = curve[0]
+        return cost * batch_size / size
+    sizes = [size for size, _ in curve]
+    if batch_size >= sizes[-1]:
+        (b0, c0), (b1, c1) = curve[-2], curve[-1]
+        linear = c1 + (c1 - c0) / (b1 - b0) * (batch_size - b1)
+        return min(max(linear, c1), c1 * batch_size / b1)
+    if batch_size <= sizes[0]:
+        (b0, c0), (b1, c1) = curve[0], curve[1]
+        linear = c0 + (c1 - c0) / (b1 - b0) * (batch_size - b0)
+        return max(min(linear, c0), c0 * batch_size / b0)
+    right = next(index for index, size in enumerate(sizes) if size >= batch_size)
+    (b0, c0), (b1, c1) = curve[right - 1], curve[right]
+    return c0 + (c1 - c0) * (batch_size - b0) / (b1 - b0)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+#: CSV columns: the profile's own fields repeated on every row, then the point's.
+_PROFILE_COLUMNS = (
+    "model",
+    "device",
+    "weights",
+    "torch_threads",
+    "preprocess_ms_per_image",
+    "preprocess_j_per_image",
+)
+_POINT_COLUMNS = tuple(f.name for f in dataclasses.fields(ProfilePoint))
+CSV_COLUMNS = (*_PROFILE_COLUMNS, *_POINT_COLUMNS)
+_REQUIRED_COLUMNS = frozenset(
+    {"model", "device", "batch_size", "latency_mean_ms", "energy_j_per_batch", "energy_source"}
+)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return str(value)
+
+
+def write_profile(profile: ModelProfile, path: Path) -> Path:
+    """Write ``profile`` as CSV (``.csv``: one row per batch size) or JSON (``.json``: everything,
+    notes included), atomically (a temporary file, then a rename)."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps(dataclasses.asdict(profile), indent=2) + "\n"
+    elif suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        shared = [getattr(profile, name) for name in _PROFILE_COLUMNS]
+        for point in profile.points:
+            writer.writerow([_cell(v) for v in (*shared, *dataclasses.astuple(point))])
+        text = buffer.getvalue()
+    else:
+        raise ProfileError(f"{path}: unknown profile format {suffix or '(no suffix)'!r}; use .csv or .json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_profile(path: Path) -> ModelProfile:
+    """Read a profile written by :func:`write_profile` (CSV or JSON, by suffix).
+
+    A missing, empty or malformed file, or one whose rows disagree on the model, device or energy
+    source, is a :class:`ProfileError` naming the file (and the line, for CSV).
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise ProfileError(f"{path}: unknown profile format {suffix or '(no suffix)'!r}; use .csv or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile file (make one with greenserve profile)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read the profile: {exc}") from None
+    if not text.strip():
+        raise ProfileError(f"{path}: the profile is empty")
+    try:
+        return _read_json(text) if suffix == ".json" else _read_csv(text)
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+
+
+def _number(raw: object, column: str, *, integer: bool = False, optional: bool = False) -> Any:
+    """A finite number from a CSV cell (text) or a JSON value; ``optional``: empty means None."""
+    if optional and (raw is None or raw == ""):
+        return None
+    kind = "an integer" if integer else "a number"
+    value: float
+    if isinstance(raw, str):
+        try:
+            value = int(raw.strip()) if integer else float(raw)
+        except ValueError:
+            raise ProfileError(f"{column} must be {kind}, got {raw!r}") from None
+    elif (isinstance(raw, int) and not isinstance(raw, bool)) or (isinstance(raw, float) and not integer):
+        value = raw
+    else:
+        raise ProfileError(f"{column} must be {kind}, got {raw!r}")
+    if not math.isfinite(value):
+        raise ProfileError(f"{column} must be finite, got {raw!r}")
+    return value
+
+
+def _text(raw: object, column: str, *, optional: bool = False) -> Any:
+    if optional and (raw is None or raw == ""):
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ProfileError(f"{column} must be a non-empty string, got {raw!r}")
+    return raw.strip()
+
+
+def _parse_point(row: dict[str, Any]) -> ProfilePoint:
+    size = _number(row.get("batch_size"), "batch_size", integer=True)
+    if size < 1:
+        raise ProfileError(f"batch_size must be >= 1, got {size}")
+    latency = _number(row.get("latency_mean_ms"), "latency_mean_ms")
+    energy = _number(row.get("energy_j_per_batch"), "energy_j_per_batch")
+
+    def optional(column: str, default: float) -> float:
+        value = _number(row.get(column), column, optional=True)
+        return default if value is None else float(value)
+
+    batches = _number(row.get("batches"), "batches", integer=True, optional=True)
+    return ProfilePoint(
+        batch_size=size,
+        batches=1 if batches is None else batches,
+        latency_mean_ms=latency,
+        latency_p50_ms=optional("latency_p50_ms", latency),
+        latency_p99_ms=optional("latency_p99_ms", latency),
+        latency_std_ms=optional("latency_std_ms", 0.0),
+        energy_j_per_batch=energy,
+        energy_j_per_image=optional("energy_j_per_image", energy / size),
+        images_per_s=optional("images_per_s", size / (latency / 1000.0) if latency > 0 else math.inf),
+        energy_source=_text(row.get("energy_source"), "energy_source"),
+    )
+
+
+def _profile_fields(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": _text(row.get("model"), "model"),
+        "device": _text(row.get("device"), "device"),
+        "weights": _text(row.get("weights"), "weights", optional=True),
+        "torch_threads": _number(row.get("torch_threads"), "torch_threads", integer=True, optional=True),
+        "preprocess_ms_per_image": _number(
+            row.get("preprocess_ms_per_image"), "preprocess_ms_per_image", optional=True
+        ),
+        "preprocess_j_per_image": _number(
+            row.get("preprocess_j_per_image"), "preprocess_j_per_image", optional=True
+        ),
+    }
+
+
+def _read_csv(text: str) -> ModelProfile:
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = _REQUIRED_COLUMNS - set(header)
+    if missing:
+        raise ProfileError(
+            f"not a profile: missing column(s) {', '.join(sorted(missing))} (header {','.join(header)!r})"
+        )
+    shared: dict[str, Any] | None = None
+    points: list[ProfilePoint] = []
+    for row in reader:
+        line = reader.line_num
+        if None in row or any(value is None for value in row.values()):
+            raise ProfileError(f"line {line}: {len(header)} columns expected")
+        try:
+            fields = _profile_fields(row)
+            point = _parse_point(row)
+        except ProfileError as exc:
+            raise ProfileError(f"line {line}: {exc}") from None
+        if shared is None:
+            shared = fields
+        elif fields != shared:
+            changed = sorted(name for name in fields if fields[name] != shared[name])
+            raise ProfileError(f"line {line}: {', '.join(changed)} differ(s) from the first row")
+        points.append(point)
+    if shared is None:
+        raise ProfileError("the profile has no rows")
+    return _build(shared, points, notes=())
+
+
+def _read_json(text: str) -> ModelProfile:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+        raise ProfileError('not a profile: expected an object with a "points" list')
+    notes = data.get("notes") or []
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ProfileError('"notes" must be a list of strings')
+    points = []
+    for index, raw in enumerate(data["points"], start=1):
+        if not isinstance(raw, dict):
+            raise ProfileError(f"point {index}: expected an object, got {raw!r}")
+        try:
+            points.append(_parse_point(raw))
+        except ProfileError as exc:
+            raise ProfileError(f"point {index}: {exc}") from None
+    return _build(_profile_fields(data), points, notes=tuple(notes))
+
+
+def _build(fields: dict[str, Any], points: list[ProfilePoint], notes: tuple[str, ...]) -> ModelProfile:
+    if not points:
+        raise ProfileError("the profile has no batch sizes")
+    points.sort(key=lambda p: p.batch_size)
+    sizes = [p.batch_size for p in points]
+    duplicates = sorted({s for s in sizes if sizes.count(s) > 1})
+    if duplicates:
+        raise ProfileError(f"batch size(s) {', '.join(map(str, duplicates))} appear more than once")
+    sources = sorted({p.energy_source for p in points})
+    if len(sources) > 1:
+        raise ProfileError(f"rows disagree on the energy source ({', '.join(sources)})")
+    return ModelProfile(energy_source=sources[0], points=tuple(points), notes=notes, **fields)
+
+
+# --- profiling a served model ------------------------------------------------------------------
+
+
+def _default_weights(model: str) -> str | None:
+    """The embedded checkpoint for the embedded model; random weights for the rest, which costs
+    the same per batch as trained weights and needs no download (this machine may be offline)."""
+    from service.config import EMBEDDED_MODEL
+
+    if model == EMBEDDED_MODEL or model == "noop" or ":" in model:
+        return None
+    return "random"
+
+
+def profile_model(
+    model: str,
+    *,
+    weights: str | None = None,
+    device: str = "cpu",
+    batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES,
+    warmup: int = DEFAULT_WARMUP,
+    repeats: int = DEFAULT_REPEATS,
+    min_time_s: float = DEFAULT_MIN_TIME_S,
+    torch_threads: int | None = None,
+    energy_source: str = "auto",
+    watts_per_core: float | None = None,
+    image_source: str | None = None,
+    images: int = DEFAULT_IMAGES,
+) -> ModelProfile:
+    """Profile ``model`` as greenserve would serve it: same loader, same decoding, no HTTP.
+
+    The model is loaded by :func:`service.model.load_classifier` from the server's own settings
+    (``weights=None``: the embedded checkpoint for ``digits_cnn``, random weights for torchvision
+    models, which cost the same). ``images`` payloads from ``image_source`` (a sample set,
+    ``digits`` or ``photos``, or a directory; default: the samples that suit the model) are decoded
+    with :func:`service.imaging.decode_image` and ``classifier.preprocess``, and batches cycle
+    through them, so the model sees real inputs. The decode + preprocess cost per image is measured
+    too, one image at a time in this thread (the server spreads it over its decode threads); its
+    energy is what the meter reads meanwhile, which for ``nvml`` is the GPU's (idle) draw, not the
+    decoding's.
+
+    ``torch_threads`` is set for the duration of the call and restored afterwards (None: torch's
+    own choice, as the server's default). Raises :class:`ProfileError` for an unknown model, a bad
+    setting, an energy source that cannot start, or an image source without images.
+    """
+    from pydantic import ValidationError
+
+    from energy import SOURCE_CHOICES, EnergyError, EnergySampler, create_meter
+    from loadgen.images import ImageSourceError, default_sample_for, load_payloads
+    from service.config import Settings
+    from service.errors import ConfigurationError, GreenserveError
+    from service.imaging import DecodeLimits, decode_image
+    from service.model import load_classifier
+
+    sizes = check_batch_sizes(batch_sizes)
+    _check_counts(warmup, repeats, min_time_s)
+    if images < 1:
+        raise ProfileError(f"images must be >= 1, got {images}")
+    if energy_source not in SOURCE_CHOICES:  # before loading the model, which takes a while
+        raise ProfileError(f"unknown energy source {energy_source!r}; valid: {', '.join(SOURCE_CHOICES)}")
+    weights = weights if weights is not None else _default_weights(model)
+    try:
+        settings = Settings(model=model, weights=weights, device=device, torch_threads=torch_threads)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ProfileError(f"invalid setting: {problems}") from None
+
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    try:
+        try:
+            classifier = load_classifier(settings)
+        except ConfigurationError as exc:
+            raise ProfileError(str(exc)) from None
+        try:
+            payloads = load_payloads(image_source or default_sample_for(model), images)
+        except ImageSourceError as exc:
+            raise ProfileError(str(exc)) from None
+        limits = DecodeLimits()
+        try:
+            inputs = [
+                classifier.preprocess(decode_image(p.body, limits, draft_size=classifier.draft_size))
+                for p in payloads
+            ]
+        except GreenserveError as exc:  # BadImageError and friends from a user's directory
+            raise ProfileError(f"cannot decode the images of {image_source!r}: {exc}") from None
+        try:
+            meter = create_meter(energy_source, device=classifier.device, watts_per_core=watts_per_core)
+        except (EnergyError, ValueError) as exc:
+            raise ProfileError(f"energy source {energy_source!r}: {exc}") from None
+        with meter, EnergySampler(meter, period_s=SAMPLER_PERIOD_S) as sampler:
+            cursor = 0
+
+            def run_batch(size: int) -> None:
+                nonlocal cursor
+                classifier.predict([inputs[(cursor + i) % len(inputs)] for i in range(size)])
+                cursor = (cursor + size) % len(inputs)
+
+            run = profile_batches(
+                run_batch,
+                sizes,
+                warmup=warmup,
+                repeats=repeats,
+                sampler=sampler,
+                min_time_s=min_time_s,
+                synchronize=cuda_synchronizer(classifier.device),
+            )
+            decode_index = 0
+
+            def decode_one() -> None:
+                nonlocal decode_index
+                body = payloads[decode_index % len(payloads)].body
+                classifier.preprocess(decode_image(body, limits, draft_size=classifier.draft_size))
+                decode_index += 1
+
+            decode = profile_calls(
+                decode_one,
+                warmup=min(len(payloads), 8),
+                repeats=len(payloads),
+                sampler=sampler,
+                min_time_s=min(min_time_s, 0.5),
+            )
+    finally:
+        torch.set_num_threads(threads_before)
+    notes = tuple(f"batch size {size} skipped: {reason}" for size, reason in run.skipped)
+    if not run.points:
+        raise ProfileError(f"{model}: no batch size could be profiled ({'; '.join(notes)})")
+    return ModelProfile(
+        model=classifier.name,
+        device=classifier.device,
+        energy_source=sampler.source,
+        points=run.points,
+        weights=classifier.weights,
+        torch_threads=torch_threads,
+        preprocess_ms_per_image=decode.mean_ms,
+        preprocess_j_per_image=decode.energy_j,
+        notes=notes,
+    )

@@ -1,0 +1,368 @@
+"""A discrete-event simulation of greenserve's batcher: a trace in, the run's figures out, no server.
+
+It replays an arrival trace (:class:`~loadgen.trace.Trace`) through the rules of
+:mod:`service.batching`, with each batch taking the time and energy a :class:`ModelProfile` gives
+for its size, and predicts the figures a real sweep measures (:class:`~loadgen.figures.RunFigures`,
+same fields, same percentile definition), so that the two can be compared field by field. Time is
+simulated: nothing sleeps, and a trace of 10 000 arrivals takes a few tens of milliseconds.
+
+The batcher's rules, as simulated (``docs/simulator.md`` has the model and what it ignores):
+
+* a batch is cut when ``max_batch_size`` items are queued, or ``max_wait_ms`` after the arrival of
+  the *first* queued item; ``max_wait_ms == 0`` takes whatever is queued;
+* slots before batches: with ``max_concurrent_batches`` batches running, nothing is cut until one
+  ends, so arrivals during a batch join the next one;
+* a request that finds ``max_queue`` items waiting is rejected (429) and never queued;
+* a request whose deadline (``timeout_ms`` after its arrival) passes while it waits leaves the
+  queue at that instant (504); the deadline only guards the wait, a cut item always completes.
+
+Events at the same instant are taken in one fixed order, where the real server would race:
+batches ending, then deadlines passing, then arrivals, then cuts. So an arrival at the very
+instant of a cut joins that batch, an item whose deadline is that instant does not, and a batch
+ending at that instant frees its slot for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import heapq
+import io
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadgen.errors import GridError
+from loadgen.figures import RunFigures, percentiles_ms
+from loadgen.profile import CPU_SOURCES, ModelProfile
+from loadgen.sweep import GREEDY, SweepConfig
+from loadgen.trace import Trace
+
+#: The server's defaults (service.config.Settings), so that a bare ``SimConfig()`` is a default server.
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_WAIT_MS = 5.0
+DEFAULT_MAX_QUEUE = 1024
+DEFAULT_TIMEOUT_MS = 30_000.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One batching configuration, and the simulator's model of the server around the batcher.
+
+    The first five fields are the server's settings of the same names (``timeout_ms`` is the
+    deadline every request gets: the server's ``default_timeout_ms``, or the load generator's
+    ``X-Request-Timeout-Ms``; None: no deadline). The others describe costs the profile does not
+    contain; all default to zero, which simulates the batcher and the model alone:
+
+    * ``compute_scale`` multiplies the profile's batch latency: a served batch shares the CPU (or
+      the GIL) with decoding and HTTP, and can compute slower than it did alone offline;
+    * ``batch_overhead_ms`` is added to every batch's service time: handing the batch to the model
+      thread and back, top-k, resolving the futures;
+    * ``pre_queue_ms`` is the time from a request's arrival to its entry into the queue: receiving
+      the body, decoding and preprocessing (a profile's ``preprocess_ms_per_image``). It delays
+      queue entry, counts against the deadline, and does not occupy the model;
+    * ``post_batch_ms`` is the time from a batch's end to each of its responses;
+    * ``overhead_j_per_request`` is the energy of that per-request work (decoding, HTTP; a
+      profile's ``preprocess_j_per_image``). The server's CPU meters (``estimate``, ``rapl``)
+      charge it to whichever batch is computing when it is done, and to no batch when the model is
+      idle; the simulator does the same, charging each request's overhead to the batch running at
+      its queue entry (rejected requests were decoded too). Leave it at 0 for ``nvml``: the GPU's
+      meter does not see CPU work.
+
+    :meth:`with_profile_overheads` fills ``pre_queue_ms`` and ``overhead_j_per_request`` from a
+    profile. Bad values are a :class:`GridError` naming the value.
+    """
+
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_concurrent_batches: int = 1
+    timeout_ms: float | None = DEFAULT_TIMEOUT_MS
+    compute_scale: float = 1.0
+    batch_overhead_ms: float = 0.0
+    pre_queue_ms: float = 0.0
+    post_batch_ms: float = 0.0
+    overhead_j_per_request: float = 0.0
+
+    def __post_init__(self) -> None:
+        # The server's ranges (service.batching.BatchingConfig and service.config.Settings).
+        _check_int("max_batch_size", self.max_batch_size, 1, 4096)
+        _check_int("max_queue", self.max_queue, 1, 1_000_000)
+        _check_int("max_concurrent_batches", self.max_concurrent_batches, 1, 64)
+        if not (_finite(self.max_wait_ms) and 0 <= self.max_wait_ms <= 60_000):
+            raise GridError(f"max_wait_ms must be in 0..60000, got {self.max_wait_ms!r}")
+        if self.timeout_ms is not None and not (_finite(self.timeout_ms) and self.timeout_ms > 0):
+            raise GridError(f"timeout_ms must be > 0 (or None: no deadline), got {self.timeout_ms!r}")
+        if not (_finite(self.compute_scale) and self.compute_scale > 0):
+            raise GridError(f"compute_scale must be > 0, got {self.compute_scale!r}")
+        for name in ("batch_overhead_ms", "pre_queue_ms", "post_batch_ms", "overhead_j_per_request"):
+            value = getattr(self, name)
+            if not (_finite(value) and value >= 0):
+                raise GridError(f"{name} must be >= 0, got {value!r}")
+
+    def with_profile_overheads(self, profile: ModelProfile) -> SimConfig:
+        """This configuration with the profile's per-image decode cost as ``pre_queue_ms`` and, for
+        a CPU energy source (``estimate``, ``rapl``), as ``overhead_j_per_request`` (0 for ``nvml``,
+        whose meter does not see decoding). Unmeasured costs count as 0."""
+        energy = profile.preprocess_j_per_image if profile.energy_source in CPU_SOURCES else None
+        return dataclasses.replace(
+            self, pre_queue_ms=profile.preprocess_ms_per_image or 0.0, overhead_j_per_request=energy or 0.0
+        )
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise GridError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One simulated batch: when it was cut and ended (seconds from the trace's start), its size,
+    and its energy (the profile's, plus the overhead charged to it)."""
+
+    start_s: float
+    end_s: float
+    size: int
+    energy_j: float
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """The predicted figures of one configuration, with what they were computed from.
+
+    ``latencies_s`` are the completed requests' latencies in trace order; ``statuses`` holds every
+    arrival's simulated HTTP status (200, 429 or 504). ``figures.energy_source`` is the profile's
+    source: the prediction is of what that meter would read.
+    """
+
+    config: SimConfig
+    figures: RunFigures
+    batches: tuple[BatchRecord, ...]
+    latencies_s: tuple[float, ...]
+    statuses: tuple[int, ...]
+    model: str
+    device: str
+    #: First arrival to last response (seconds); the throughput's denominator.
+    duration_s: float
+
+    @property
+    def busy_fraction(self) -> float:
+        """Fraction of the run (first arrival to last response) during which a batch was computing,
+        summed over slots (so up to ``max_concurrent_batches``)."""
+        if self.duration_s <= 0:
+            return 0.0
+        return sum(b.end_s - b.start_s for b in self.batches) / self.duration_s
+
+
+def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimConfig) -> SimResult:
+    """Run ``trace`` through the batcher described by ``config``, with ``profile``'s costs.
+
+    ``trace`` may be plain arrival times (seconds, non-decreasing; else a :class:`TraceError`).
+    Deterministic: the same inputs give the same result.
+    """
+    times = trace.times if isinstance(trace, Trace) else Trace.from_times(trace).times
+    n = len(times)
+    size_limit = config.max_batch_size
+    wait_s = config.max_wait_ms / 1000
+    timeout_s = None if config.timeout_ms is None else config.timeout_ms / 1000
+    pre_s = config.pre_queue_ms / 1000
+    # Costs per batch size, looked up rather than interpolated in the loop.
+    service_s = [0.0] + [
+        profile.latency_s(b) * config.compute_scale + config.batch_overhead_ms / 1000
+        for b in range(1, size_limit + 1)
+    ]
+    batch_j = [0.0] + [profile.energy_j(b) for b in range(1, size_limit + 1)]
+    overhead_j = config.overhead_j_per_request
+
+    enqueue = [t + pre_s for t in times]
+    deadline = [math.inf] * n if timeout_s is None else [t + timeout_s for t in times]
+    status = [0] * n
+    done_s = [0.0] * n
+    queue: deque[int] = deque()
+    running: list[tuple[float, int]] = []  # heap of (end time, batch index)
+    starts: list[float] = []
+    ends: list[float] = []
+    sizes: list[int] = []
+    energies: list[float] = []
+    free = config.max_concurrent_batches
+    arrival = 0  # index of the next arrival to enter the queue
+    now = -math.inf
+    while True:
+        # The next instant anything happens.
+        upcoming = running[0][0] if running else math.inf
+        if arrival < n:
+            upcoming = min(upcoming, enqueue[arrival])
+        if queue:
+            upcoming = min(upcoming, deadline[queue[0]])
+            if free:
+                first = queue[0]
+                cut = now if len(queue) >= size_limit else max(now, enqueue[first] + wait_s)
+                upcoming = min(upcoming, cut)
+        if upcoming == math.inf:
+            break
+        now = upcoming
+        # 1. Batches that end now free their slots.
+        while running and running[0][0] <= now:
+            heapq.heappop(running)
+            free += 1
+        # 2. Deadlines that pass now: with one timeout for all, the front of the queue expires first.
+        while queue and deadline[queue[0]] <= now:
+            status[queue.popleft()] = 504
+        # 3. Arrivals now: rejected when the queue is full, as the server's submit does.
+        while arrival < n and enqueue[arrival] <= now:
+            if len(queue) >= config.max_queue:
+                status[arrival] = 429
+            elif deadline[arrival] <= now:
+                status[arrival] = 504  # the deadline passed while decoding (pre_queue_ms ≥ timeout)
+            else:
+                queue.append(arrival)
+            if overhead_j and running:
+                # Charged to the batch computing now (the latest started when several are).
+                latest = max(index for _, index in running)
+                energies[latest] += overhead_j
+            arrival += 1
+        # 4. Cuts: while a slot is free and a batch is full or its first item's wait is over.
+        while free and queue and (len(queue) >= size_limit or enqueue[queue[0]] + wait_s <= now):
+            size = min(size_limit, len(queue))
+            end = now + service_s[size]
+            for _ in range(size):
+                item = queue.popleft()
+                status[item] = 200
+                done_s[item] = end
+            heapq.heappush(running, (end, len(starts)))
+            starts.append(now)
+            ends.append(end)
+            sizes.append(size)
+            energies.append(batch_j[size])
+            free -= 1
+    return _result(times, status, done_s, starts, ends, sizes, energies, profile, config)
+
+
+def _result(
+    times: Sequence[float],
+    status: list[int],
+    done_s: list[float],
+    starts: list[float],
+    ends: list[float],
+    sizes: list[int],
+    energies: list[float],
+    profile: ModelProfile,
+    config: SimConfig,
+) -> SimResult:
+    post_s = config.post_batch_ms / 1000
+    latencies = tuple(done_s[i] + post_s - t for i, t in enumerate(times) if status[i] == 200)
+    completed = len(latencies)
+    span = max(ends) + post_s - times[0] if ends else 0.0
+    p50, p90, p99 = percentiles_ms(latencies)
+    figures = RunFigures(
+        requests=len(times),
+        completed=completed,
+        throughput_rps=completed / span if span > 0 else 0.0,
+        latency_p50_ms=p50,
+        latency_p90_ms=p90,
+        latency_p99_ms=p99,
+        mean_batch_size=completed / len(sizes) if sizes else None,
+        j_per_request=sum(energies) / completed if completed else None,
+        energy_source=profile.energy_source,
+        rejected_queue_full=status.count(429),
+        rejected_deadline=status.count(504),
+        errors=0,
+    )
+    batches = tuple(BatchRecord(*record) for record in zip(starts, ends, sizes, energies, strict=True))
+    return SimResult(
+        config=config,
+        figures=figures,
+        batches=batches,
+        latencies_s=latencies,
+        statuses=tuple(status),
+        model=profile.model,
+        device=profile.device,
+        duration_s=span,
+    )
+
+
+def simulate_grid(
+    trace: Trace | Sequence[float], profile: ModelProfile, configs: Iterable[SimConfig]
+) -> list[SimResult]:
+    """:func:`simulate` for each configuration, in order."""
+    return [simulate(trace, profile, config) for config in configs]
+
+
+def grid(
+    base: SimConfig,
+    *,
+    max_batch_sizes: Iterable[int],
+    max_waits_ms: Iterable[float],
+    greedy_max_batch_size: int | None = None,
+) -> list[SimConfig]:
+    """Every (size, wait) combination on top of ``base``, sizes outermost, then, when
+    ``greedy_max_batch_size`` is given, the sweep's greedy mode: that size with ``max_wait_ms = 0``
+    (:mod:`loadgen.sweep`), unless the combinations already hold it."""
+    waits = list(max_waits_ms)
+    configs = [
+        dataclasses.replace(base, max_batch_size=size, max_wait_ms=wait)
+        for size in max_batch_sizes
+        for wait in waits
+    ]
+    if greedy_max_batch_size is not None:
+        greedy = dataclasses.replace(base, max_batch_size=greedy_max_batch_size, max_wait_ms=0.0)
+        if greedy not in configs:
+            configs.append(greedy)
+    return configs
+
+
+# --- results as a table ------------------------------------------------------------------------
+
+#: CSV columns: the sweep's key and mode (to join a simulated row with the measured one), the
+#: configuration, the figures in RunFigures' order, then the simulator's own.
+RESULT_COLUMNS = (
+    "method",
+    "key",
+    "mode",
+    "model",
+    "device",
+    *(f.name for f in dataclasses.fields(SimConfig)),
+    *RunFigures.field_names(),
+    "busy_fraction",
+)
+
+
+def result_row(result: SimResult) -> dict[str, object]:
+    """One CSV row; ``method`` is ``simulated``, to tell it from a measured sweep's rows.
+
+    ``key`` and ``mode`` are the sweep's (:class:`loadgen.sweep.SweepConfig`); a configuration with
+    ``max_wait_ms = 0`` is the sweep's greedy mode, which is what that setting does.
+    """
+    config = result.config
+    greedy = config.max_wait_ms == 0
+    key = SweepConfig(result.model, config.max_batch_size, config.max_wait_ms, greedy=greedy).key
+    return {
+        "method": "simulated",
+        "key": key,
+        "mode": GREEDY if greedy else "wait",
+        "model": result.model,
+        "device": result.device,
+        **dataclasses.asdict(config),
+        **dataclasses.asdict(result.figures),
+        "busy_fraction": result.busy_fraction,
+    }
+
+
+def write_results(results: Sequence[SimResult], path: Path) -> Path:
+    """Write one row per result (:data:`RESULT_COLUMNS`) as CSV, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        writer.writerow({k: "" if v is None else v for k, v in result_row(result).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    tmp.replace(path)
+    return path

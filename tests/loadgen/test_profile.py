@@ -1,0 +1,373 @@
+"""Model profiles: the generic timing core, a real (tiny) profile of the embedded model, the
+interpolation, the files, and ``greenserve profile``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from energy import EnergySampler, create_meter
+from loadgen.cli import main as loadgen_main
+from loadgen.errors import ProfileError
+from loadgen.profile import (
+    ModelProfile,
+    ProfilePoint,
+    interpolate,
+    is_out_of_memory,
+    profile_batches,
+    profile_calls,
+    profile_model,
+    read_profile,
+    write_profile,
+)
+
+
+@pytest.fixture
+def sampler() -> Iterator[EnergySampler]:
+    with create_meter("estimate") as meter, EnergySampler(meter, period_s=0.01) as running:
+        yield running
+
+
+def _spin(seconds: float) -> None:
+    """Burn CPU (not sleep): the estimate meter counts CPU time, so a sleeping batch costs 0 J."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def point(size: int, latency_ms: float, energy_j: float, source: str = "estimate") -> ProfilePoint:
+    return ProfilePoint(
+        batch_size=size,
+        batches=5,
+        latency_mean_ms=latency_ms,
+        latency_p50_ms=latency_ms,
+        latency_p99_ms=latency_ms * 1.5,
+        latency_std_ms=0.1,
+        energy_j_per_batch=energy_j,
+        energy_j_per_image=energy_j / size,
+        images_per_s=size / (latency_ms / 1000),
+        energy_source=source,
+    )
+
+
+def make_profile(*points: ProfilePoint, **fields: Any) -> ModelProfile:
+    base: dict[str, Any] = {"model": "m", "device": "cpu", "energy_source": "estimate", "points": points}
+    base.update(fields)
+    return ModelProfile(**base)
+
+
+# --- the generic core -------------------------------------------------------------------------
+
+
+def test_profile_batches_orders_latencies_and_measures_energy(sampler: EnergySampler) -> None:
+    calls: list[int] = []
+
+    def run_batch(size: int) -> None:
+        calls.append(size)
+        _spin(0.0005 * size)
+
+    run = profile_batches(run_batch, [4, 1], warmup=2, repeats=5, sampler=sampler, min_time_s=0)
+    assert run.skipped == ()
+    one, four = run.points
+    assert (one.batch_size, four.batch_size) == (1, 4)
+    assert calls == [1] * 7 + [4] * 7  # smallest size first; warm-up batches, then timed ones
+    assert one.batches == four.batches == 5
+    assert 0.5 <= one.latency_mean_ms < four.latency_mean_ms
+    assert four.latency_mean_ms >= 2.0
+    assert one.latency_p50_ms <= one.latency_p99_ms
+    for p in run.points:
+        assert p.energy_source == "estimate"
+        assert p.energy_j_per_batch > 0
+        assert p.energy_j_per_image == pytest.approx(p.energy_j_per_batch / p.batch_size)
+        assert p.images_per_s == pytest.approx(p.batch_size / (p.latency_mean_ms / 1000), rel=0.3)
+    assert four.energy_j_per_batch > one.energy_j_per_batch
+
+
+def test_min_time_keeps_timing_past_the_repeats(sampler: EnergySampler) -> None:
+    run = profile_batches(lambda size: None, [1], warmup=0, repeats=2, sampler=sampler, min_time_s=0.02)
+    assert run.points[0].batches > 2
+
+
+def test_synchronize_is_called_inside_the_timing(sampler: EnergySampler) -> None:
+    synced: list[int] = []
+    run = profile_batches(
+        lambda size: None,
+        [1, 2],
+        warmup=1,
+        repeats=3,
+        sampler=sampler,
+        min_time_s=0,
+        synchronize=lambda: synced.append(1),
+    )
+    assert len(run.points) == 2
+    assert len(synced) == 2 * (1 + 3)  # once after the warm-up, once per timed batch
+
+
+def test_out_of_memory_skips_that_size_and_larger(sampler: EnergySampler) -> None:
+    def run_batch(size: int) -> None:
+        if size >= 8:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    run = profile_batches(run_batch, [1, 8, 4, 16], warmup=1, repeats=2, sampler=sampler, min_time_s=0)
+    assert [p.batch_size for p in run.points] == [1, 4]
+    assert [size for size, _ in run.skipped] == [8, 16]
+    assert "out of memory" in run.skipped[0][1]
+    assert "8" in run.skipped[1][1]
+
+
+def test_other_failures_propagate(sampler: EnergySampler) -> None:
+    def run_batch(size: int) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        profile_batches(run_batch, [1], warmup=0, repeats=1, sampler=sampler, min_time_s=0)
+
+
+def test_is_out_of_memory() -> None:
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("expected scalar type Float"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "warmup", "repeats", "message"),
+    [
+        ([], 0, 1, "no batch sizes"),
+        ([0], 0, 1, "batch sizes"),
+        ([1], -1, 1, "warmup"),
+        ([1], 0, 0, "repeats"),
+    ],
+)
+def test_bad_arguments(
+    sampler: EnergySampler, sizes: list[int], warmup: int, repeats: int, message: str
+) -> None:
+    with pytest.raises(ProfileError, match=message):
+        profile_batches(lambda size: None, sizes, warmup=warmup, repeats=repeats, sampler=sampler)
+
+
+def test_profile_calls(sampler: EnergySampler) -> None:
+    cost = profile_calls(lambda: _spin(0.001), warmup=1, repeats=4, sampler=sampler)
+    assert cost.calls == 4
+    assert cost.mean_ms >= 1.0
+    assert cost.energy_j > 0
+
+
+# --- a served model ---------------------------------------------------------------------------
+
+
+def test_profile_model_digits_cnn() -> None:
+    profile = profile_model(
+        "digits_cnn",
+        batch_sizes=(1, 4),
+        warmup=1,
+        repeats=2,
+        min_time_s=0,
+        torch_threads=1,
+        energy_source="estimate",
+        images=8,
+    )
+    assert profile.model == "digits_cnn"
+    assert profile.weights == "embedded"
+    assert profile.device == "cpu"
+    assert profile.torch_threads == 1
+    assert profile.energy_source == "estimate"
+    assert profile.batch_sizes == (1, 4)
+    assert all(p.latency_mean_ms > 0 and p.energy_j_per_batch > 0 for p in profile.points)
+    assert profile.preprocess_ms_per_image is not None and profile.preprocess_ms_per_image > 0
+    assert profile.preprocess_j_per_image is not None and profile.preprocess_j_per_image > 0
+    assert profile.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "gpu"}, "device"),
+        ({"energy_source": "sundial"}, "sundial"),
+        ({"image_source": "/nonexistent/images"}, "does not exist"),
+        ({"batch_sizes": (0,)}, "batch sizes"),
+    ],
+)
+def test_profile_model_bad_input(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        profile_model("digits_cnn", warmup=0, repeats=1, min_time_s=0, images=2, **kwargs)
+
+
+# --- interpolation ----------------------------------------------------------------------------
+
+
+def test_interpolation_inside_and_beyond_the_range() -> None:
+    profile = make_profile(point(1, 10.0, 1.0), point(4, 16.0, 2.0), point(8, 20.0, 3.0))
+    # Profiled sizes exactly.
+    assert profile.latency_s(4) == pytest.approx(0.016)
+    assert profile.energy_j(8) == pytest.approx(3.0)
+    # Linear between neighbours: 10 + (16 - 10) × (2 - 1) / (4 - 1) = 12 ms; 16 + 4 × 2 / 4 = 18 ms.
+    assert profile.latency_s(2) == pytest.approx(0.012)
+    assert profile.latency_s(6) == pytest.approx(0.018)
+    assert profile.energy_j(6) == pytest.approx(2.5)
+    # Beyond: the last two points' slope, 1 ms per image: 20 + 8 = 28 ms; 3 + 8 × 0.25 = 5 J.
+    assert profile.latency_s(16) == pytest.approx(0.028)
+    assert profile.energy_j(16) == pytest.approx(5.0)
+
+
+def test_extrapolation_is_bounded() -> None:
+    # A noisy profile: 8 measured faster than 4. Beyond 8 the cost stays at cost(8), never falls.
+    noisy = [(4, 16.0), (8, 14.0)]
+    assert interpolate(noisy, 16) == pytest.approx(14.0)
+    # A steep slope (+10 per image) is capped at proportional scaling: 14 × 16 / 8 = 28, not 94.
+    steep = [(4, 4.0), (8, 14.0)]
+    assert interpolate(steep, 16) == pytest.approx(28.0)
+    # Below the range: linear from the first two (16 - 3 × 1 = 13), within [16 × 1/4, 16].
+    assert interpolate([(4, 16.0), (8, 20.0)], 1) == pytest.approx(13.0)
+    # ... but never below proportional scaling (16 - 3 × 10 < 0 → 16 × 1 / 4 = 4).
+    assert interpolate([(4, 16.0), (8, 56.0)], 1) == pytest.approx(4.0)
+    # ... and never above the smallest size's cost.
+    assert interpolate([(4, 16.0), (8, 10.0)], 1) == pytest.approx(16.0)
+
+
+def test_single_point_scales_proportionally() -> None:
+    profile = make_profile(point(8, 20.0, 4.0))
+    assert profile.latency_s(16) == pytest.approx(0.040)
+    assert profile.latency_s(2) == pytest.approx(0.005)
+    assert profile.energy_j(4) == pytest.approx(2.0)
+
+
+def test_interpolate_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="batch size"):
+        interpolate([(1, 1.0)], 0)
+    with pytest.raises(ValueError, match="empty"):
+        interpolate([], 1)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _measured_like() -> ModelProfile:
+    return make_profile(
+        point(1, 0.3220424271847704, 0.0032279975577916517),
+        point(32, 1.626888837312051, 0.015955622082569072),
+        weights="embedded",
+        torch_threads=1,
+        preprocess_ms_per_image=0.21294482903222062,
+        preprocess_j_per_image=0.0020955574883742673,
+    )
+
+
+def test_csv_round_trip(tmp_path: Path) -> None:
+    profile = _measured_like()
+    path = write_profile(profile, tmp_path / "sub" / "p.csv")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3  # header and one row per batch size
+    assert lines[0].startswith("model,device,")
+    assert read_profile(path) == profile
+
+
+def test_json_round_trip_keeps_the_notes(tmp_path: Path) -> None:
+    profile = dataclasses.replace(_measured_like(), notes=("batch size 64 skipped: out of memory",))
+    path = write_profile(profile, tmp_path / "p.json")
+    assert read_profile(path) == profile
+
+
+def test_a_minimal_csv_is_enough(tmp_path: Path) -> None:
+    path = tmp_path / "hand.csv"
+    path.write_text(
+        "model,device,energy_source,batch_size,latency_mean_ms,energy_j_per_batch\nm,cpu,rapl,2,4,1\n"
+    )
+    profile = read_profile(path)
+    assert profile.energy_source == "rapl"
+    assert profile.points[0].energy_j_per_image == 0.5
+    assert profile.latency_s(4) == pytest.approx(0.008)
+    assert profile.weights is None and profile.preprocess_ms_per_image is None
+
+
+HEADER = "model,device,energy_source,batch_size,latency_mean_ms,energy_j_per_batch\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("missing.csv", None, "no such profile"),
+        ("p.txt", "x", "unknown profile format"),
+        ("empty.csv", "", "empty"),
+        ("header.csv", HEADER, "no rows"),
+        ("foreign.csv", "t,image_id\n0.1,a\n", "missing column"),
+        ("word.csv", HEADER + "m,cpu,estimate,1,fast,1\n", "line 2: latency_mean_ms must be a number"),
+        ("float-size.csv", HEADER + "m,cpu,estimate,1.5,1,1\n", "batch_size must be an integer"),
+        ("zero-size.csv", HEADER + "m,cpu,estimate,0,1,1\n", "batch_size must be >= 1"),
+        ("nan.csv", HEADER + "m,cpu,estimate,1,nan,1\n", "must be finite"),
+        ("zero-latency.csv", HEADER + "m,cpu,estimate,1,0,1\n", "latency"),
+        ("negative-energy.csv", HEADER + "m,cpu,estimate,1,1,-1\n", "energy"),
+        ("short.csv", HEADER + "m,cpu,estimate,1,1\n", "line 2: 6 columns expected"),
+        ("twice.csv", HEADER + "m,cpu,estimate,1,1,1\nm,cpu,estimate,1,2,2\n", "more than once"),
+        ("sources.csv", HEADER + "m,cpu,estimate,1,1,1\nm,cpu,rapl,2,2,2\n", "energy source"),
+        ("models.csv", HEADER + "m,cpu,estimate,1,1,1\nn,cpu,estimate,2,2,2\n", "line 3: model differ"),
+        ("bad.json", "{not json", "not JSON"),
+        ("list.json", "[1, 2]", "points"),
+        ("no-points.json", json.dumps({"model": "m", "device": "cpu", "points": []}), "no batch sizes"),
+    ],
+)
+def test_bad_profiles_are_profile_errors(tmp_path: Path, name: str, text: str | None, message: str) -> None:
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ProfileError, match=message) as caught:
+        read_profile(path)
+    assert str(path) in str(caught.value)
+
+
+def test_profile_needs_points_and_one_source() -> None:
+    with pytest.raises(ProfileError, match="no batch sizes"):
+        make_profile()
+    with pytest.raises(ProfileError, match="measured with 'rapl'"):
+        make_profile(point(1, 1.0, 1.0, source="rapl"))
+    with pytest.raises(ProfileError, match="sorted"):
+        make_profile(point(2, 1.0, 1.0), point(1, 1.0, 1.0))
+    with pytest.raises(ProfileError, match="preprocess_ms_per_image"):
+        make_profile(point(1, 1.0, 1.0), preprocess_ms_per_image=-1.0)
+    assert math.isclose(make_profile(point(1, 1.0, 1.0)).latency_s(1), 0.001)
+
+
+# --- greenserve profile -----------------------------------------------------------------------
+
+
+def test_cli_profiles_prints_and_saves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "profile-digits.csv"
+    args = ["--model", "digits_cnn", "--batch-sizes", "1,2", "--repeats", "2", "--warmup", "1"]
+    args += ["--min-time-s", "0", "--torch-threads", "1", "--energy-source", "estimate", "--image-count", "4"]
+    assert loadgen_main("profile", [*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "digits_cnn" in printed and "estimate" in printed and "J/img" in printed
+    profile = read_profile(out)
+    assert profile.batch_sizes == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-sizes", "1,x"], "'x' is not an integer"),
+        (["--batch-sizes", "0,4"], "0 is not >= 1"),
+        (["--batch-sizes", ","], "no batch size"),
+        (["--model", "no_such_model_xyz"], "unknown model"),
+        (["--out", "profile.txt"], ".csv or .json"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    base = ["--repeats", "1", "--warmup", "0", "--min-time-s", "0", "--energy-source", "estimate"]
+    if "--out" not in args:
+        base += ["--out", str(tmp_path / "p.csv")]
+    assert loadgen_main("profile", [*base, *args]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("greenserve profile: ")]
+    assert len(lines) == 1 and message in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()

@@ -1,0 +1,351 @@
+"""The batcher simulation against cases computed by hand, and ``greenserve simulate``.
+
+Most cases use a profile whose batches take 25 ms whatever their size (two points with the same
+latency: interpolation is then constant), and arrivals every 10 ms, so that every cut and every
+completion can be worked out on paper; the timeline is in each test's comment.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadgen.cli import main as loadgen_main
+from loadgen.errors import GridError
+from loadgen.profile import ModelProfile, ProfilePoint, write_profile
+from loadgen.simulate import (
+    RESULT_COLUMNS,
+    SimConfig,
+    SimResult,
+    grid,
+    simulate,
+    simulate_grid,
+    write_results,
+)
+from loadgen.trace import Trace, write_trace
+
+
+def _point(size: int, latency_ms: float, energy_j: float, source: str) -> ProfilePoint:
+    return ProfilePoint(
+        batch_size=size,
+        batches=3,
+        latency_mean_ms=latency_ms,
+        latency_p50_ms=latency_ms,
+        latency_p99_ms=latency_ms,
+        latency_std_ms=0.0,
+        energy_j_per_batch=energy_j,
+        energy_j_per_image=energy_j / size,
+        images_per_s=size / (latency_ms / 1000),
+        energy_source=source,
+    )
+
+
+def constant_latency(ms: float = 25.0, source: str = "estimate", **fields: Any) -> ModelProfile:
+    """Batches take ``ms`` at any size; a batch of b costs 1 + 0.1 × b J (1.1 J at 1, 7.4 J at 64)."""
+    points = (_point(1, ms, 1.1, source), _point(64, ms, 7.4, source))
+    return ModelProfile(model="m", device="cpu", energy_source=source, points=points, **fields)
+
+
+def every_10_ms(count: int) -> list[float]:
+    return [i / 100 for i in range(count)]
+
+
+def ms(values: tuple[float, ...] | list[float]) -> list[float]:
+    return [round(v * 1000, 6) for v in values]
+
+
+def batches(result: SimResult) -> list[tuple[float, float, int]]:
+    return [(round(b.start_s * 1000, 6), round(b.end_s * 1000, 6), b.size) for b in result.batches]
+
+
+# --- the batcher's rules ----------------------------------------------------------------------
+
+
+def test_full_batches_cut_by_size() -> None:
+    # max 4, wait 50 ms: 0,10,20,30 fill a batch at 30 (before the wait ends at 50); it runs 30-55.
+    # 40 and 50 arrive during it; the next fills at 70 (its wait would end at 90), runs 70-95; etc.
+    result = simulate(every_10_ms(12), constant_latency(), SimConfig(max_batch_size=4, max_wait_ms=50))
+    assert batches(result) == [(30, 55, 4), (70, 95, 4), (110, 135, 4)]
+    assert ms(result.latencies_s) == [55, 45, 35, 25] * 3
+    f = result.figures
+    assert (f.requests, f.completed, f.rejected_queue_full, f.rejected_deadline, f.errors) == (
+        12,
+        12,
+        0,
+        0,
+        0,
+    )
+    assert f.mean_batch_size == 4
+    assert f.throughput_rps == pytest.approx(12 / 0.135)  # completed ÷ (last completion - first arrival)
+    assert f.latency_p50_ms == pytest.approx(40.0)
+    assert f.latency_p99_ms == pytest.approx(55.0)
+    # Full batches: J/request = J(4) / 4 = (1 + 0.4) / 4.
+    assert f.j_per_request == pytest.approx(1.4 / 4)
+    assert f.energy_source == "estimate"
+    assert result.statuses == (200,) * 12
+    assert result.busy_fraction == pytest.approx(3 * 25 / 135)
+
+
+def test_batches_cut_by_the_first_arrivals_wait() -> None:
+    # max 8, wait 15 ms, 5 ms batches: 0 opens a batch cut at 15 with [0, 10] (runs 15-20); 20 opens
+    # the next, cut at 35 with [20, 30]; 40 opens one cut at 55 with [40, 50].
+    profile = constant_latency(5.0)
+    result = simulate(every_10_ms(6), profile, SimConfig(max_batch_size=8, max_wait_ms=15))
+    assert batches(result) == [(15, 20, 2), (35, 40, 2), (55, 60, 2)]
+    assert ms(result.latencies_s) == [20, 10] * 3
+
+
+def test_greedy_takes_whatever_queued_while_the_model_was_busy() -> None:
+    # wait 0: 0 runs alone (0-25); 10 and 20 queue meanwhile and run together (25-50); at 50 the
+    # batch ends *and* 50 arrives: it joins 30 and 40 (50-75); then [60, 70] (75-100), [80, 90, 100].
+    result = simulate(every_10_ms(11), constant_latency(), SimConfig(max_batch_size=32, max_wait_ms=0))
+    assert [b[2] for b in batches(result)] == [1, 2, 3, 2, 3]
+    assert [b[0] for b in batches(result)] == [0, 25, 50, 75, 100]
+    assert ms(result.latencies_s) == [25, 40, 30, 45, 35, 25, 40, 30, 45, 35, 25]
+    assert result.figures.mean_batch_size == pytest.approx(11 / 5)
+
+
+def test_simultaneous_arrivals_are_one_greedy_batch() -> None:
+    result = simulate([0.0] * 5, constant_latency(), SimConfig(max_batch_size=4, max_wait_ms=0))
+    assert batches(result) == [(0, 25, 4), (25, 50, 1)]
+
+
+def test_full_queue_rejects_without_queueing() -> None:
+    # max 2, queue 3, greedy, 10 ms batches, arrivals every 1 ms: 0 runs (0-10); 1, 2, 3 fill the
+    # queue; 4-9 are rejected. At 10 the batch ends, then 10 arrives and finds 3 waiting: rejected;
+    # then [1, 2] is cut (10-20). 11, 12 queue behind 3; 13-19 rejected. At 20: [3, 11]; at 30: [12].
+    trace = [i / 1000 for i in range(20)]
+    config = SimConfig(max_batch_size=2, max_wait_ms=0, max_queue=3)
+    result = simulate(trace, constant_latency(10.0), config)
+    completed = [i for i, status in enumerate(result.statuses) if status == 200]
+    assert completed == [0, 1, 2, 3, 11, 12]
+    assert result.figures.rejected_queue_full == 14
+    assert set(result.statuses) == {200, 429}
+    assert batches(result) == [(0, 10, 1), (10, 20, 2), (20, 30, 2), (30, 40, 1)]
+
+
+def test_deadlines_drop_waiting_requests_only() -> None:
+    # max 1, greedy, 25 ms batches, 30 ms deadlines. 0 runs 0-25; 1 (10) runs 25-50. 2 (20) would
+    # start at 50 = its deadline: dropped first (504); 3 (30) runs 50-75. 4 (40) expires at 70;
+    # 5 (50) runs 75-100 (deadline 80); 6 (60) expires at 90. A running batch is never cut short.
+    config = SimConfig(max_batch_size=1, max_wait_ms=0, timeout_ms=30)
+    result = simulate(every_10_ms(7), constant_latency(), config)
+    assert result.statuses == (200, 200, 504, 200, 504, 200, 504)
+    assert ms(result.latencies_s) == [25, 40, 45, 50]
+    assert result.figures.rejected_deadline == 3
+    assert result.figures.completed == 4
+
+
+def test_no_deadline() -> None:
+    config = SimConfig(max_batch_size=1, max_wait_ms=0, timeout_ms=None)
+    result = simulate(every_10_ms(7), constant_latency(), config)
+    assert result.figures.completed == 7
+    assert result.figures.latency_p99_ms is not None and result.figures.latency_p99_ms > 100
+
+
+def test_two_concurrent_batches() -> None:
+    # 2 slots, greedy: 0 runs 0-25 and 10 runs 10-35 at once; 20 waits for a slot (25-50); 30
+    # for the next (35-60); 40 waits; at 50 a slot frees as 50 arrives: [40, 50] run 50-75; 60
+    # gets the slot freed at 60 (60-85).
+    config = SimConfig(max_batch_size=32, max_wait_ms=0, max_concurrent_batches=2)
+    result = simulate(every_10_ms(7), constant_latency(), config)
+    assert batches(result) == [(0, 25, 1), (10, 35, 1), (25, 50, 1), (35, 60, 1), (50, 75, 2), (60, 85, 1)]
+    assert ms(result.latencies_s) == [25, 25, 30, 30, 35, 25, 25]
+    assert result.figures.throughput_rps == pytest.approx(7 / 0.085)
+    assert result.busy_fraction == pytest.approx(6 * 25 / 85)
+
+
+def test_costs_outside_the_profile() -> None:
+    # Batches take 2 × 25 + 1 = 51 ms; queue entry 5 ms after arrival; responses 2 ms after the end.
+    # max 4, wait 50: the batch fills at 35 (30 + 5) and ends at 86; latencies 86 + 2 - arrival.
+    config = SimConfig(
+        max_batch_size=4,
+        max_wait_ms=50,
+        compute_scale=2.0,
+        batch_overhead_ms=1.0,
+        pre_queue_ms=5,
+        post_batch_ms=2,
+    )
+    result = simulate(every_10_ms(4), constant_latency(), config)
+    assert batches(result) == [(35, 86, 4)]
+    assert ms(result.latencies_s) == [88, 78, 68, 58]
+    assert result.figures.throughput_rps == pytest.approx(4 / 0.088)
+
+
+def test_overhead_energy_goes_to_the_batch_running_at_queue_entry() -> None:
+    # As test_full_batches_cut_by_size: batches 30-55, 70-95, 110-135. Arrivals 40, 50 land in the
+    # first, 80, 90 in the second; 30, 70, 110 are queued just before their own cut, and 60 and 100
+    # arrive while the model is idle: no batch pays for them (nor does the server's meter).
+    config = SimConfig(max_batch_size=4, max_wait_ms=50, overhead_j_per_request=0.5)
+    result = simulate(every_10_ms(12), constant_latency(), config)
+    assert [b.energy_j for b in result.batches] == pytest.approx([1.4 + 1.0, 1.4 + 1.0, 1.4])
+    assert result.figures.j_per_request == pytest.approx((3 * 1.4 + 2.0) / 12)
+
+
+def test_overheads_from_the_profile() -> None:
+    cpu = constant_latency(preprocess_ms_per_image=2.0, preprocess_j_per_image=0.01)
+    config = SimConfig().with_profile_overheads(cpu)
+    assert (config.pre_queue_ms, config.overhead_j_per_request) == (2.0, 0.01)
+    gpu = constant_latency(source="nvml", preprocess_ms_per_image=2.0, preprocess_j_per_image=0.01)
+    config = SimConfig().with_profile_overheads(gpu)
+    assert (config.pre_queue_ms, config.overhead_j_per_request) == (2.0, 0.0)
+    assert SimConfig().with_profile_overheads(constant_latency()).pre_queue_ms == 0.0
+
+
+def test_interpolated_service_time() -> None:
+    profile = ModelProfile(
+        model="m",
+        device="cpu",
+        energy_source="rapl",
+        points=(_point(1, 10.0, 1.0, "rapl"), _point(4, 16.0, 2.0, "rapl")),
+    )
+    # Two simultaneous arrivals, greedy: one batch of 2 → 10 + 6 / 3 = 12 ms.
+    result = simulate(Trace.from_times([0.0, 0.0]), profile, SimConfig(max_wait_ms=0))
+    assert batches(result) == [(0, 12, 2)]
+    assert result.figures.j_per_request == pytest.approx((1 + 1 / 3) / 2)
+    assert result.figures.energy_source == "rapl"
+
+
+def test_empty_trace() -> None:
+    result = simulate([], constant_latency(), SimConfig())
+    f = result.figures
+    assert (f.requests, f.completed, f.throughput_rps, f.mean_batch_size, f.j_per_request) == (
+        0,
+        0,
+        0.0,
+        None,
+        None,
+    )
+    assert f.latency_p50_ms is None
+
+
+def test_ten_thousand_arrivals_in_well_under_a_second() -> None:
+    rng = random.Random(0)
+    trace = sorted(rng.uniform(0, 20) for _ in range(10_000))
+    config = SimConfig(
+        max_batch_size=32, max_wait_ms=5, timeout_ms=200, max_queue=64, overhead_j_per_request=0.001
+    )
+    started = time.perf_counter()
+    result = simulate(trace, constant_latency(40.0), config)
+    assert time.perf_counter() - started < 1.0
+    f = result.figures
+    assert f.completed + f.rejected_queue_full + f.rejected_deadline == 10_000
+    assert f.completed == sum(b.size for b in result.batches)
+    assert all(b.size <= 32 for b in result.batches)
+    # One slot: batches never overlap.
+    assert all(a.end_s <= b.start_s for a, b in zip(result.batches, result.batches[1:], strict=False))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_batch_size": 5000}, "max_batch_size"),
+        ({"max_wait_ms": -1}, "max_wait_ms"),
+        ({"max_wait_ms": float("nan")}, "max_wait_ms"),
+        ({"max_queue": 0}, "max_queue"),
+        ({"max_concurrent_batches": 0}, "max_concurrent_batches"),
+        ({"timeout_ms": 0}, "timeout_ms"),
+        ({"compute_scale": 0}, "compute_scale"),
+        ({"pre_queue_ms": -1}, "pre_queue_ms"),
+        ({"overhead_j_per_request": float("inf")}, "overhead_j_per_request"),
+    ],
+)
+def test_bad_configs(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(GridError, match=message):
+        SimConfig(**fields)
+
+
+def test_grid_and_results_csv(tmp_path: Path) -> None:
+    configs = grid(SimConfig(), max_batch_sizes=[4, 8], max_waits_ms=[0, 50], greedy_max_batch_size=16)
+    assert [(c.max_batch_size, c.max_wait_ms) for c in configs] == [(4, 0), (4, 50), (8, 0), (8, 50), (16, 0)]
+    assert len(grid(SimConfig(), max_batch_sizes=[16], max_waits_ms=[0], greedy_max_batch_size=16)) == 1
+    results = simulate_grid(every_10_ms(12), constant_latency(), configs)
+    path = write_results(results, tmp_path / "sim.csv")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == RESULT_COLUMNS
+    assert [row["key"] for row in rows] == [
+        "m|b4|greedy",
+        "m|b4|w50",
+        "m|b8|greedy",
+        "m|b8|w50",
+        "m|b16|greedy",
+    ]
+    assert {row["method"] for row in rows} == {"simulated"}
+    assert rows[1]["completed"] == "12" and rows[1]["mean_batch_size"] == "4.0"
+
+
+# --- greenserve simulate ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    trace = write_trace(Trace.from_times(every_10_ms(12)), tmp_path / "trace.jsonl")
+    profile = write_profile(constant_latency(), tmp_path / "profile.csv")
+    return trace, profile
+
+
+def test_cli_simulates_a_grid(
+    tmp_path: Path, files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace, profile = files
+    out = tmp_path / "sim.csv"
+    args = ["--trace", str(trace), "--profile", str(profile), "--max-batch-size", "4,greedy"]
+    assert loadgen_main("simulate", [*args, "--max-wait-ms", "50", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "SIMULATED" in printed
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["max_batch_size"], row["max_wait_ms"]) for row in rows] == [("4", "50.0"), ("4", "0.0")]
+    assert rows[0]["latency_p99_ms"].startswith("55")
+
+
+def test_cli_overheads_from_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = write_trace(Trace.from_times(every_10_ms(4)), tmp_path / "trace.csv")
+    profile = write_profile(
+        constant_latency(preprocess_ms_per_image=5.0, preprocess_j_per_image=0.1), tmp_path / "p.json"
+    )
+    out = tmp_path / "sim.csv"
+    args = ["--trace", str(trace), "--profile", str(profile), "--max-batch-size", "4", "--max-wait-ms", "50"]
+    assert loadgen_main("simulate", [*args, "--overheads-from-profile", "--out", str(out)]) == 0
+    with out.open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["pre_queue_ms"], row["overhead_j_per_request"]) == ("5.0", "0.1")
+    # Queue entries 5 ms after 0, 10, 20, 30: the batch fills at 35 and ends at 60; latencies 60 … 30.
+    assert float(row["latency_p50_ms"]) == pytest.approx(45.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-batch-size", "4,x"], "'x' is not an integer"),
+        (["--max-batch-size", "0"], "max_batch_size must be"),
+        (["--max-wait-ms", "soon"], "'soon' is not a number"),
+        (["--timeout-ms", "later"], "--timeout-ms"),
+        (["--max-queue", "0"], "max_queue"),
+        (["--profile", "missing.csv"], "no such profile"),
+        (["--trace", "missing.jsonl"], "no such trace"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path,
+    files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    trace, profile = files
+    base = {"--trace": str(trace), "--profile": str(profile)}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = str(tmp_path / value) if flag in ("--trace", "--profile") else value
+    argv = [part for pair in base.items() for part in pair]
+    assert loadgen_main("simulate", argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("greenserve simulate: ")]
+    assert len(lines) == 1 and message in lines[0]
