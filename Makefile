@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint typecheck check bench train-default train-ablation train-hpo clean
+.PHONY: help venv run test lint typecheck check bench bench-sim loadtest sweep train-default train-ablation train-hpo clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -36,6 +36,15 @@ check: lint typecheck test  ## Everything CI checks
 
 bench: $(STAMP)  ## Serving benchmark: offline vs served throughput and J/image, no-op overhead
 	$(PY) -m bench.serving $(ARGS)
+
+bench-sim: $(STAMP)  ## Simulator vs real sweep: p99 and J/request errors on 2 models x 2 traces (results/bench-sim)
+	$(PY) -m bench.sim $(ARGS)
+
+sweep: $(STAMP)  ## Batch-config sweep: serve each config, replay one trace, Pareto plot, recommendation (results/sweep)
+	$(VENV)/bin/greenserve sweep $(ARGS)
+
+loadtest: $(STAMP)  ## Locust against a running server (127.0.0.1:8000): 16 req/s ±20 % open loop, 30 s (results/loadtest)
+	$(PY) -m loadgen.loadtest $(ARGS)
 
 train-default: $(STAMP)  ## Re-create the embedded digits checkpoint
 	$(VENV)/bin/greenserve train-default $(ARGS)

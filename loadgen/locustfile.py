@@ -1,0 +1,462 @@
+"""Locust load for greenserve's ``POST /classify``: closed-loop users, staged load, or open-loop trace replay.
+
+Run it with Locust itself, headless or with its web UI, or through :mod:`loadgen.loadtest` (the
+sweep, ``make loadtest``), which runs it headless in a subprocess::
+
+    locust -f loadgen/locustfile.py --headless -H http://127.0.0.1:8000 -u 8 -r 2 -t 60s --csv out/lt
+    locust -f loadgen/locustfile.py --headless -H http://127.0.0.1:8000 --stages "10s:5,20s:20,10s:5"
+    locust -f loadgen/locustfile.py --headless -H http://127.0.0.1:8000 --trace t.jsonl --summary-json s.json
+
+* **Closed loop** (:class:`ClassifyUser`): each user sends a request, waits for its answer, pauses
+  ``--think-ms``, sends the next. The load adapts to the server, so latency is measured from each
+  request's actual start.
+* **Stages** (``--stages``): closed-loop users whose number follows a table of stages.
+* **Open loop** (``--trace``, :class:`TraceReplayUser`): each request starts at its trace time
+  however slow the answers are, so a slow server cannot slow the load down (no coordinated
+  omission); latency is measured from the scheduled time.
+
+Locust uses a :class:`~locust.LoadTestShape` found in the locustfile for *every* run, and then
+ignores ``-u``, ``-r`` and ``-t`` unless the shape sets ``use_common_options`` (Locust's documented
+switch, custom-load-shape.html#use-common-options). :class:`GreenserveShape` sets it, and without
+``--stages`` or ``--trace`` its tick is exactly ``-u`` users at ``-r`` per second until ``-t``: a
+plain run behaves as if there were no shape.
+
+At the start and the end of a test the server's ``/metrics`` is scraped; the summary
+(``--summary-json``, the figures of :mod:`loadgen.figures`) joins the client's view (status,
+latency, lag) with the server's (joules per request and their source, mean batch size,
+rejections). The pure parts live in :mod:`loadgen.loadtest`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import gevent  # type: ignore[import-untyped]
+import httpx
+from gevent.pool import Pool  # type: ignore[import-untyped]
+from locust import FastHttpUser, LoadTestShape, User, events, task
+from locust.argument_parser import LocustArgumentParser
+from locust.contrib.fasthttp import FastHttpSession
+from locust.env import Environment
+from locust.event import EventHook
+from locust.exception import StopUser
+from locust.runners import LocalRunner
+
+from loadgen import loadtest
+from loadgen.errors import LoadgenError
+from loadgen.images import ImageSourceError, Payload, default_sample_for, load_payloads
+from loadgen.loadtest import NOT_SENT, UNFINISHED, RequestRecord, Stage
+from loadgen.metrics import MetricKey, parse_metrics
+from loadgen.trace import Trace, read_trace
+
+logger = logging.getLogger("greenserve.locustfile")
+
+#: Open loop: requests in flight at once (the gevent pool and the HTTP connection pool).
+DEFAULT_MAX_IN_FLIGHT = 1000
+#: Server look-ups (/v1/model, /metrics) outside the measured requests.
+SCRAPE_TIMEOUT_S = 10.0
+
+
+def _add_arguments(parser: LocustArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "greenserve", "Options of greenserve's locustfile (loadgen/locustfile.py)."
+    )
+    group.add_argument(
+        "--images",
+        default=None,
+        help="Images to send: digits, photos, or a directory. Default: what suits the served model.",
+    )
+    group.add_argument(
+        "--image-count", type=int, default=64, help="How many sample images to generate (default 64)."
+    )
+    group.add_argument(
+        "--trace", default=None, help="Open loop: replay this trace (.jsonl or .csv) and stop."
+    )
+    group.add_argument(
+        "--stages",
+        default=None,
+        help='Closed loop: users per stage, DURATION:USERS[@RATE], e.g. "10s:5,20s:20,10s:5".',
+    )
+    group.add_argument(
+        "--stage-mode", choices=loadtest.STAGE_MODES, default="step", help="step or ramp (default step)."
+    )
+    group.add_argument(
+        "--think-ms", type=float, default=0.0, help="Closed loop: pause after each answer (default 0)."
+    )
+    group.add_argument(
+        "--top-k", type=int, default=1, help="top_k query parameter of each request (default 1)."
+    )
+    group.add_argument("--timeout-ms", type=float, default=None, help="X-Request-Timeout-Ms of each request.")
+    group.add_argument("--summary-json", default=None, help="Write the run's summary (JSON) here.")
+    group.add_argument("--request-log", default=None, help="Write one CSV row per request here.")
+    group.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help=f"Open loop: most requests in flight (default {DEFAULT_MAX_IN_FLIGHT}); more start late.",
+    )
+    group.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=loadtest.DEFAULT_DRAIN_TIMEOUT_S,
+        help="Open loop: how long to wait for answers after the last arrival "
+        f"(default {loadtest.DEFAULT_DRAIN_TIMEOUT_S:g}).",
+    )
+    group.add_argument(
+        "--lag-threshold-ms",
+        type=float,
+        default=loadtest.DEFAULT_LAG_THRESHOLD_MS,
+        help="Open loop: a request started later than this after its schedule is late "
+        f"(default {loadtest.DEFAULT_LAG_THRESHOLD_MS:g}).",
+    )
+
+
+def _listen(hook: EventHook, handler: Callable[..., None]) -> None:
+    hook.add_listener(handler)  # type: ignore[no-untyped-call]  # locust's EventHook is untyped
+
+
+_listen(events.init_command_line_parser, _add_arguments)
+
+
+def _fail(message: str) -> NoReturn:
+    """A mistake in the options or the inputs: one clear line and exit code 2, before any load.
+
+    ``SystemExit`` passes through Locust's event hooks, which log and swallow other exceptions.
+    """
+    logger.error("%s", message)
+    sys.exit(2)
+
+
+@dataclass
+class LoadTestRun:
+    """The state of this Locust process's test: options, images, plan, records. One instance, :data:`RUN`."""
+
+    environment: Environment | None = None
+    options: argparse.Namespace = field(default_factory=argparse.Namespace)
+    settings: dict[str, Any] = field(default_factory=dict)
+    payloads: list[Payload] = field(default_factory=list)
+    trace: Trace | None = None
+    stages: tuple[Stage, ...] | None = None
+    records: list[RequestRecord] = field(default_factory=list)
+    plan: list[Payload] = field(default_factory=list)  # open loop: the payload of each arrival
+    t0: float = 0.0
+    started_at: float = 0.0
+    metrics_before: dict[MetricKey, float] | None = None
+    scrape_error: str | None = None
+    replay_done: bool = False
+    finished: bool = False
+    images: str = ""  # the source the payloads came from
+    _next: itertools.count[int] = field(default_factory=itertools.count)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def configure(self, environment: Environment) -> None:
+        """Check the options and inputs, pick the images, plan the trace; :class:`LoadgenError` if not."""
+        self.environment = environment
+        # One line per scrape of /metrics would drown Locust's own output.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        options = environment.parsed_options
+        if options is None:
+            raise LoadgenError("no parsed options (the locustfile must be run by Locust's command line)")
+        self.options = options
+        host = environment.host
+        if not host:
+            raise LoadgenError("no server: give --host, e.g. --host http://127.0.0.1:8000")
+        if options.trace and options.stages:
+            raise LoadgenError("--trace replays open-loop and --stages shapes closed-loop users: give one")
+        if not 1 <= options.top_k <= 100:
+            raise LoadgenError(f"--top-k must be in 1..100 (the server's limit), got {options.top_k}")
+        if options.image_count < 1 or options.max_in_flight < 1:
+            raise LoadgenError("--image-count and --max-in-flight must be ≥ 1")
+        if options.timeout_ms is not None and not (
+            math.isfinite(options.timeout_ms) and options.timeout_ms > 0
+        ):
+            raise LoadgenError(f"--timeout-ms must be a number > 0, got {options.timeout_ms:g}")
+        self.stages = loadtest.parse_stages(options.stages) if options.stages else None
+        self.trace = read_trace(Path(options.trace)) if options.trace else None
+        # Given images are checked against the trace before the server is asked anything.
+        if options.images:
+            self._load_images(options.images)
+        model = self._get_json(host, "/v1/model")
+        model_name = str(model.get("name") or model.get("model") or "")
+        if not options.images:
+            self._load_images(default_sample_for(model_name))
+        TraceReplayUser.concurrency = options.max_in_flight
+        self.settings = {
+            "host": host,
+            "model": model_name,
+            "weights": model.get("weights"),
+            "device": model.get("device"),
+            "batching": self._get_json(host, "/v1/batching"),
+            "images": self.images,
+            "image_count": len(self.payloads),
+            "trace": options.trace,
+            "trace_arrivals": len(self.trace) if self.trace else None,
+            "trace_duration_s": self.trace.duration_s if self.trace else None,
+            "stages": options.stages,
+            "stage_mode": options.stage_mode if options.stages else None,
+            "users": None if self.trace or self.stages else options.num_users,
+            "spawn_rate": None if self.trace or self.stages else options.spawn_rate,
+            "run_time_s": options.run_time,
+            "think_ms": None if self.trace else options.think_ms,
+            "top_k": options.top_k,
+            "timeout_ms": options.timeout_ms,
+            "max_in_flight": options.max_in_flight if self.trace else None,
+            "drain_timeout_s": options.drain_timeout_s if self.trace else None,
+        }
+
+    def _load_images(self, source: str) -> None:
+        try:
+            self.payloads = load_payloads(source, self.options.image_count)
+        except ImageSourceError as exc:
+            raise LoadgenError(f"--images {source}: {exc}") from None
+        self.images = source
+        if self.trace is None:
+            return
+        by_id = {p.image_id: p for p in self.payloads}
+        ids = self.trace.image_ids or (None,) * len(self.trace)
+        missing = sorted({i for i in ids if i is not None and i not in by_id})
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            known = f"{self.payloads[0].image_id} … {self.payloads[-1].image_id}"
+            raise LoadgenError(
+                f"trace {self.options.trace}: image_id {shown} not in the images {source!r} "
+                f"({len(self.payloads)} images: {known}); fix the trace or choose --images/--image-count"
+            )
+        self.plan = [
+            by_id[i] if i is not None else self.payloads[n % len(self.payloads)] for n, i in enumerate(ids)
+        ]
+
+    @staticmethod
+    def _get_json(host: str, path: str) -> dict[str, Any]:
+        try:
+            with httpx.Client(base_url=host, timeout=SCRAPE_TIMEOUT_S, trust_env=False) as client:
+                response = client.get(path)
+                response.raise_for_status()
+                body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise LoadgenError(f"cannot read {host}{path} (is greenserve running there?): {exc}") from None
+        if not isinstance(body, dict):
+            raise LoadgenError(f"{host}{path}: expected a JSON object, got {body!r:.80}")
+        return body
+
+    def _scrape(self) -> dict[MetricKey, float] | None:
+        assert self.environment is not None and self.environment.host
+        try:
+            with httpx.Client(
+                base_url=self.environment.host, timeout=SCRAPE_TIMEOUT_S, trust_env=False
+            ) as client:
+                response = client.get("/metrics")
+                response.raise_for_status()
+                return parse_metrics(response.text)
+        except (httpx.HTTPError, ValueError) as exc:
+            self.scrape_error = f"cannot scrape {self.environment.host}/metrics: {exc}; no server figures"
+            logger.warning("%s", self.scrape_error)
+            return None
+
+    # --- the load shape -------------------------------------------------------------------------
+
+    def tick(self, run_time_s: float) -> tuple[int, float, list[type[User]]] | None:
+        """What :class:`GreenserveShape` returns: users, spawn rate and user class; ``None`` ends the test."""
+        options = self.options
+        limit_s = options.run_time
+        if limit_s and run_time_s >= limit_s:
+            return None
+        if self.trace is not None:
+            return None if self.replay_done else (1, 1.0, [TraceReplayUser])
+        if self.stages is not None:
+            target = loadtest.stage_target(self.stages, options.stage_mode, run_time_s)
+            return None if target is None else (target[0], target[1], [ClassifyUser])
+        return (options.num_users or 1, float(options.spawn_rate or 1), [ClassifyUser])
+
+    # --- the run --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.replay_done = self.finished = False
+        self.scrape_error = None
+        if self.trace is None and self.stages is None:
+            # Locust fills in -u/-r only now (headless defaults, or the web UI's form).
+            self.settings.update(users=self.options.num_users, spawn_rate=self.options.spawn_rate)
+        self._next = itertools.count()
+        self.metrics_before = self._scrape()
+        self.started_at = self.t0 = time.monotonic()
+        if self.trace is None:
+            self.records = []
+        else:
+            self.records = [
+                RequestRecord(index=n, image_id=payload.image_id, scheduled_s=t)
+                for n, (t, payload) in enumerate(zip(self.trace.times, self.plan, strict=True))
+            ]
+
+    def next_closed(self) -> tuple[RequestRecord, Payload]:
+        n = next(self._next)
+        payload = self.payloads[n % len(self.payloads)]
+        record = RequestRecord(index=n, image_id=payload.image_id)
+        self.records.append(record)
+        return record, payload
+
+    def send(self, client: FastHttpSession, record: RequestRecord, payload: Payload) -> None:
+        """One request through Locust's client (so Locust's statistics count it), recorded."""
+        headers = {"Content-Type": payload.content_type}
+        if self.options.timeout_ms is not None:
+            headers["X-Request-Timeout-Ms"] = f"{self.options.timeout_ms:g}"
+        record.start_s = time.monotonic() - self.t0
+        record.status = UNFINISHED
+        response = client.request(
+            "POST",
+            f"/classify?top_k={self.options.top_k}",
+            name="/classify",
+            data=payload.body,  # type: ignore[arg-type]  # bytes are sent as they are
+            headers=headers,
+        )
+        record.end_s = time.monotonic() - self.t0
+        code = response.status_code
+        # A transport failure: status 0 and the exception on the (untyped) ``error`` attribute.
+        record.status = str(code) if code else type(getattr(response, "error", None)).__name__
+        if code == 200:
+            try:
+                body = json.loads(response.content or b"")
+                record.batch_size = int(body["batch_size"])
+                record.energy_j = float(body["energy_j"])
+                record.energy_source = str(body["energy_source"])
+            except (ValueError, KeyError, TypeError):
+                record.status = "invalid_response"
+
+    def replay(self, client: FastHttpSession) -> None:
+        """Start each arrival at its trace time, whatever is still in flight; then wait for the answers.
+
+        One dispatcher sleeps until each arrival and spawns a greenlet for it, so a slow answer
+        never delays the next request. The pool only bounds requests in flight
+        (``--max-in-flight``); a full pool delays starts, which then show as lag.
+        """
+        pool = Pool(size=self.options.max_in_flight)
+        self.t0 = time.monotonic()
+        try:
+            for record, payload in zip(self.records, self.plan, strict=True):
+                assert record.scheduled_s is not None
+                delay_s = self.t0 + record.scheduled_s - time.monotonic()
+                if delay_s > 0:
+                    gevent.sleep(delay_s)
+                pool.spawn(self.send, client, record, payload)
+            self.finished = bool(pool.join(timeout=self.options.drain_timeout_s))
+            if not self.finished:
+                logger.warning(
+                    "%d requests still unanswered %g s after the last arrival; stopping",
+                    len(pool),
+                    self.options.drain_timeout_s,
+                )
+        finally:
+            self.replay_done = True
+            pool.kill(block=False)
+
+    def stop(self) -> None:
+        """Scrape /metrics again, then write the summary and the request log, and print the report."""
+        duration_s = time.monotonic() - self.started_at
+        metrics_after = self._scrape() if self.metrics_before is not None else None
+        server = (
+            loadtest.server_delta(self.metrics_before, metrics_after)
+            if self.metrics_before is not None and metrics_after is not None
+            else None
+        )
+        records = self.records
+        cut = 0
+        if self.trace is None:
+            # Closed loop ends by cutting whatever is in flight: the end of the run, not an error.
+            cut = sum(1 for r in records if r.status in (UNFINISHED, NOT_SENT))
+            records = [r for r in records if r.status not in (UNFINISHED, NOT_SENT)]
+        options = self.options
+        summary = loadtest.build_summary(
+            records,
+            mode="trace" if self.trace is not None else "closed",
+            server=server,
+            lag_threshold_ms=options.lag_threshold_ms,
+            finished=self.finished if self.trace is not None else True,
+            duration_s=duration_s,
+            settings=self.settings,
+            files={
+                "summary_json": options.summary_json,
+                "request_log": options.request_log,
+                "csv_prefix": options.csv_prefix,
+            },
+            server_error=self.scrape_error,
+            cut_at_stop=cut,
+        )
+        if summary["lag"] and summary["lag"]["warning"]:
+            logger.warning("%s", summary["lag"]["warning"])
+        if options.request_log:
+            loadtest.write_request_log(records, Path(options.request_log))
+        if options.summary_json:
+            loadtest.write_summary(summary, Path(options.summary_json))
+        print("\n" + loadtest.format_report(summary), flush=True)
+        # The web UI can start another test; its shape must not see this one as done.
+        self.replay_done = False
+
+
+RUN = LoadTestRun()
+
+
+def _on_init(environment: Environment, **_kwargs: Any) -> None:
+    if not isinstance(environment.runner, LocalRunner):
+        _fail(
+            "greenserve's locustfile runs in one process (no --master, --worker or --processes): "
+            "it records every request"
+        )
+    try:
+        RUN.configure(environment)
+    except LoadgenError as exc:
+        _fail(str(exc))
+
+
+def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
+    RUN.start()
+
+
+def _on_test_stop(environment: Environment, **_kwargs: Any) -> None:
+    RUN.stop()
+
+
+_listen(events.init, _on_init)
+_listen(events.test_start, _on_test_start)
+_listen(events.test_stop, _on_test_stop)
+
+
+class GreenserveShape(LoadTestShape):
+    """Stages, trace replay, or plain ``-u``/``-r``/``-t``: see the module's docstring."""
+
+    use_common_options = True
+
+    def tick(self) -> tuple[int, float, list[type[User]]] | None:
+        return RUN.tick(self.get_run_time())  # type: ignore[no-untyped-call]
+
+
+class ClassifyUser(FastHttpUser):
+    """Closed loop: one request at a time, the next ``--think-ms`` after the answer."""
+
+    def wait_time(self) -> float:
+        return float(RUN.options.think_ms) / 1000.0
+
+    @task
+    def classify(self) -> None:
+        record, payload = RUN.next_closed()
+        RUN.send(self.client, record, payload)
+
+
+class TraceReplayUser(FastHttpUser):
+    """Open loop: the one user that replays the whole trace, then stops (and the shape ends the test)."""
+
+    concurrency = DEFAULT_MAX_IN_FLIGHT  # the shared connection pool; set from --max-in-flight
+
+    @task
+    def replay(self) -> None:
+        RUN.replay(self.client)
+        raise StopUser()
