@@ -160,6 +160,8 @@ class RequestRecord:
     batch_size: int | None = None
     energy_j: float | None = None
     energy_source: str | None = None
+    queue_ms: float | None = None  # the server's own figures for this request
+    compute_ms: float | None = None
 
     @property
     def lag_s(self) -> float | None:
@@ -189,6 +191,8 @@ REQUEST_LOG_COLUMNS = (
     "batch_size",
     "energy_j",
     "energy_source",
+    "queue_ms",
+    "compute_ms",
 )
 
 
@@ -221,6 +225,8 @@ def write_request_log(records: Iterable[RequestRecord], path: Path) -> Path:
                     _cell(r.batch_size),
                     _cell(r.energy_j),
                     _cell(r.energy_source),
+                    _cell(r.queue_ms),
+                    _cell(r.compute_ms),
                 ]
             )
     tmp.replace(path)
@@ -270,7 +276,9 @@ class ServerDelta:
     """What greenserve's counters say happened between the two scrapes.
 
     ``j_per_request`` is Δ batch energy ÷ Δ ``requests_total{status="200"}``, the metrics
-    contract's definition; ``mean_batch_size`` is Δsum ÷ Δcount of the ``batch_size`` histogram.
+    contract's definition; ``mean_batch_size`` is Δsum ÷ Δcount of the ``batch_size`` histogram,
+    ``mean_batch_ms`` and ``mean_queue_wait_ms`` likewise of the batch-duration and queue-wait ones
+    (what a simulator's profile is compared with).
     Other clients of the same server during the run are counted too.
     """
 
@@ -281,6 +289,8 @@ class ServerDelta:
     mean_batch_size: float | None
     j_per_request: float | None
     energy_source: str | None
+    mean_batch_ms: float | None = None
+    mean_queue_wait_ms: float | None = None
 
 
 def _by_label(samples: Mapping[MetricKey, float], name: str, label: str) -> dict[str, float]:
@@ -311,6 +321,12 @@ def server_delta(before: Mapping[MetricKey, float], after: Mapping[MetricKey, fl
         dict(before), "greenserve_batch_size_sum"
     )
     ok = statuses.get("200", 0.0)
+
+    def mean_ms(histogram: str) -> float | None:
+        count = metric(dict(after), f"{histogram}_count") - metric(dict(before), f"{histogram}_count")
+        total = metric(dict(after), f"{histogram}_sum") - metric(dict(before), f"{histogram}_sum")
+        return total / count * 1000.0 if count > 0 else None
+
     return ServerDelta(
         requests_by_status={k: round(v) for k, v in statuses.items() if round(v)},
         rejected_by_reason={k: round(v) for k, v in reasons.items() if round(v)},
@@ -320,6 +336,8 @@ def server_delta(before: Mapping[MetricKey, float], after: Mapping[MetricKey, fl
         j_per_request=sum(energy.values()) / ok if ok > 0 and energy else None,
         # One meter per server; the label is the source whatever it measured this time.
         energy_source="+".join(energy) if energy else None,
+        mean_batch_ms=mean_ms("greenserve_batch_duration_seconds"),
+        mean_queue_wait_ms=mean_ms("greenserve_queue_wait_seconds"),
     )
 
 

@@ -329,6 +329,8 @@ class LoadTestRun:
                 record.batch_size = int(body["batch_size"])
                 record.energy_j = float(body["energy_j"])
                 record.energy_source = str(body["energy_source"])
+                record.queue_ms = float(body["queue_ms"])
+                record.compute_ms = float(body["compute_ms"])
             except (ValueError, KeyError, TypeError):
                 record.status = "invalid_response"
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -616,6 +616,7 @@ def profile_model(
     watts_per_core: float | None = None,
     image_source: str | None = None,
     images: int = DEFAULT_IMAGES,
+    allocator: Literal["reuse", "system"] = "reuse",
 ) -> ModelProfile:
     """Profile ``model`` as greenserve would serve it: same loader, same decoding, no HTTP.
 
@@ -628,6 +629,10 @@ def profile_model(
     too, one image at a time in this thread (the server spreads it over its decode threads); its
     energy is what the meter reads meanwhile, which for ``nvml`` is the GPU's (idle) draw, not the
     decoding's.
+
+    ``allocator`` is the server's setting of that name, applied to this process as the server
+    applies it (:mod:`service.allocator`; it cannot be undone), so that the profile's batches
+    cost what the served ones do.
 
     ``torch_threads`` is set for the duration of the call and restored afterwards (None: torch's
     own choice, as the server's default). Raises :class:`ProfileError` for an unknown model, a bad
@@ -650,13 +655,18 @@ def profile_model(
         raise ProfileError(f"unknown energy source {energy_source!r}; valid: {', '.join(SOURCE_CHOICES)}")
     weights = weights if weights is not None else _default_weights(model)
     try:
-        settings = Settings(model=model, weights=weights, device=device, torch_threads=torch_threads)
+        settings = Settings(
+            model=model, weights=weights, device=device, torch_threads=torch_threads, allocator=allocator
+        )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ProfileError(f"invalid setting: {problems}") from None
 
     import torch
 
+    from service.allocator import configure_allocator
+
+    configure_allocator(settings.allocator)
     threads_before = torch.get_num_threads()
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)

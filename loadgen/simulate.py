@@ -34,6 +34,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from loadgen.errors import GridError
 from loadgen.figures import RunFigures, percentiles_ms
 from loadgen.profile import CPU_SOURCES, ModelProfile
@@ -64,6 +66,13 @@ class SimConfig:
       the body, decoding and preprocessing (a profile's ``preprocess_ms_per_image``). It delays
       queue entry, counts against the deadline, and does not occupy the model;
     * ``post_batch_ms`` is the time from a batch's end to each of its responses;
+    * ``energy_scale`` multiplies the profile's batch energy: for a CPU meter a batch that
+      computes slower because it shares the machine also draws power longer;
+    * ``service_cv`` makes service times random: each batch's time is drawn from a gamma
+      distribution with the mean above and this coefficient of variation (0: the mean, always),
+      from a generator seeded with ``seed``, so a run is still reproducible. A served model's
+      time varies more than offline (the machine is shared with decoding, HTTP, the client), and
+      the p99 of small batches is mostly that variation;
     * ``overhead_j_per_request`` is the energy of that per-request work (decoding, HTTP; a
       profile's ``preprocess_j_per_image``). The server's CPU meters (``estimate``, ``rapl``)
       charge it to whichever batch is computing when it is done, and to no batch when the model is
@@ -81,6 +90,9 @@ class SimConfig:
     max_concurrent_batches: int = 1
     timeout_ms: float | None = DEFAULT_TIMEOUT_MS
     compute_scale: float = 1.0
+    energy_scale: float = 1.0
+    service_cv: float = 0.0
+    seed: int = 0
     batch_overhead_ms: float = 0.0
     pre_queue_ms: float = 0.0
     post_batch_ms: float = 0.0
@@ -95,8 +107,12 @@ class SimConfig:
             raise GridError(f"max_wait_ms must be in 0..60000, got {self.max_wait_ms!r}")
         if self.timeout_ms is not None and not (_finite(self.timeout_ms) and self.timeout_ms > 0):
             raise GridError(f"timeout_ms must be > 0 (or None: no deadline), got {self.timeout_ms!r}")
-        if not (_finite(self.compute_scale) and self.compute_scale > 0):
-            raise GridError(f"compute_scale must be > 0, got {self.compute_scale!r}")
+        for name in ("compute_scale", "energy_scale"):
+            value = getattr(self, name)
+            if not (_finite(value) and value > 0):
+                raise GridError(f"{name} must be > 0, got {value!r}")
+        if not (_finite(self.service_cv) and 0 <= self.service_cv <= 10):
+            raise GridError(f"service_cv must be in 0..10, got {self.service_cv!r}")
         for name in ("batch_overhead_ms", "pre_queue_ms", "post_batch_ms", "overhead_j_per_request"):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
@@ -177,7 +193,10 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
         profile.latency_s(b) * config.compute_scale + config.batch_overhead_ms / 1000
         for b in range(1, size_limit + 1)
     ]
-    batch_j = [0.0] + [profile.energy_j(b) for b in range(1, size_limit + 1)]
+    batch_j = [0.0] + [profile.energy_j(b) * config.energy_scale for b in range(1, size_limit + 1)]
+    # Gamma(k, 1/k) has mean 1 and CV 1/√k: a positive, right-skewed multiplier of the mean time.
+    rng = np.random.default_rng(config.seed) if config.service_cv > 0 else None
+    shape = 1.0 / config.service_cv**2 if config.service_cv > 0 else 0.0
     overhead_j = config.overhead_j_per_request
 
     enqueue = [t + pre_s for t in times]
@@ -230,7 +249,7 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
         # 4. Cuts: while a slot is free and a batch is full or its first item's wait is over.
         while free and queue and (len(queue) >= size_limit or enqueue[queue[0]] + wait_s <= now):
             size = min(size_limit, len(queue))
-            end = now + service_s[size]
+            end = now + service_s[size] * (1.0 if rng is None else float(rng.gamma(shape, 1.0 / shape)))
             for _ in range(size):
                 item = queue.popleft()
                 status[item] = 200

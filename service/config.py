@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="torch intra-op threads (default: torch's own choice)."
     )
+    allocator: Literal["reuse", "system"] = Field(
+        "reuse",
+        description=(
+            "C heap policy: 'reuse' keeps freed memory so batches do not page-fault their buffers "
+            "back in (glibc; see service/allocator.py), 'system' leaves the allocator alone."
+        ),
+    )
     warmup: bool = Field(True, description="Run warm-up batches before reporting ready.")
 
     # --- batching ---

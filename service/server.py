@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from service.allocator import configure_allocator
 from service.app import create_app
 from service.config import Settings
 from service.errors import ConfigurationError
@@ -42,6 +43,7 @@ def serve(settings: Settings) -> int:
     """Run until a signal. Exit status: 0 after a graceful shutdown, 2 for a bad model setting
     or an unusable record_trace file,
     3 when start-up fails otherwise (uvicorn's own code, e.g. an energy source that is unavailable)."""
+    configure_allocator(settings.allocator)  # before the model allocates anything
     try:
         # Loaded before uvicorn starts so that a bad model or weights setting ends in one clear
         # line and exit status 2, not in a lifespan traceback.

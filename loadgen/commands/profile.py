@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         min_time_s=args.min_time_s,
         torch_threads=args.torch_threads,
         energy_source=args.energy_source,
+        allocator=args.allocator,
         watts_per_core=args.watts_per_core,
         image_source=args.images,
         images=args.image_count,
@@ -133,6 +134,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (as served).")
     parser.add_argument("--energy-source", choices=SOURCE_CHOICES, default="auto")
+    parser.add_argument(
+        "--allocator",
+        choices=("reuse", "system"),
+        default="reuse",
+        help="C heap policy, as the server's --allocator (default: %(default)s).",
+    )
     parser.add_argument("--watts-per-core", type=float, default=None, help="Estimate source only.")
     parser.add_argument(
         "--images",

@@ -133,6 +133,9 @@ def _run(args: argparse.Namespace) -> int:
         max_concurrent_batches=args.max_concurrent_batches,
         timeout_ms=parse_timeout(args.timeout_ms),
         compute_scale=args.compute_scale,
+        energy_scale=args.energy_scale,
+        service_cv=args.service_cv,
+        seed=args.seed,
         batch_overhead_ms=args.batch_overhead_ms,
         pre_queue_ms=args.pre_queue_ms,
         post_batch_ms=args.post_batch_ms,
@@ -199,6 +202,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     costs = parser.add_argument_group("costs outside the profile (docs/simulator.md; default 0)")
     costs.add_argument("--compute-scale", type=_float, default=1.0, help="Batch latency multiplier.")
+    costs.add_argument("--energy-scale", type=_float, default=1.0, help="Batch energy multiplier.")
+    costs.add_argument(
+        "--service-cv", type=_float, default=0.0, help="Coefficient of variation of batch times (gamma)."
+    )
+    costs.add_argument("--seed", type=int, default=0, help="Seed of the random service times.")
     costs.add_argument("--batch-overhead-ms", type=_float, default=0.0, help="Added to each batch.")
     costs.add_argument("--pre-queue-ms", type=_float, default=0.0, help="Arrival to queue entry (decode).")
     costs.add_argument("--post-batch-ms", type=_float, default=0.0, help="Batch end to response.")

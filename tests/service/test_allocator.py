@@ -1,0 +1,50 @@
+"""allocator=reuse: big blocks freed by one batch are reused by the next, without page faults."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from service.config import Settings
+
+# 20 rounds of allocating, touching and freeing 64 MiB, as a batch's activations are: the minor
+# page faults of the last 19 rounds (the first one may fault, the heap grows once).
+_SCRIPT = """
+import resource, sys
+from service.allocator import configure_allocator
+print(configure_allocator(sys.argv[1]))
+block = bytearray(64 << 20); del block
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(19):
+    block = bytearray(64 << 20)
+    del block
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(mode: str) -> tuple[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, mode], capture_output=True, text=True, check=True, timeout=60
+    )
+    changed, faults = done.stdout.split()
+    return changed, int(faults)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings are glibc's")
+def test_reuse_stops_the_page_faults_of_repeated_big_blocks() -> None:
+    changed, system_faults = _faults("system")
+    assert changed == "False"
+    assert system_faults > 19 * 10_000  # 64 MiB is 16 384 pages, faulted in every round
+    changed, reuse_faults = _faults("reuse")
+    assert changed == "True"
+    assert reuse_faults < system_faults / 20
+
+
+def test_the_setting_defaults_to_reuse_and_is_validated() -> None:
+    assert Settings().allocator == "reuse"
+    assert Settings(allocator="system").allocator == "system"
+    with pytest.raises(ValueError, match="allocator"):
+        Settings(allocator="jemalloc")  # type: ignore[arg-type]
