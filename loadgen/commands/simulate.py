@@ -141,8 +141,18 @@ def _run(args: argparse.Namespace) -> int:
         post_batch_ms=args.post_batch_ms,
         overhead_j_per_request=args.overhead_j_per_request,
     )
-    if args.overheads_from_profile:
+    if args.overheads_from_profile or args.calibrate_from is not None:
         base = base.with_profile_overheads(profile)
+    if args.calibrate_from is not None:
+        from loadgen.calibrate import calibrate
+
+        calibration = calibrate(profile, args.calibrate_from)
+        base = calibration.apply(base)
+        print(
+            f"calibrated on {args.calibrate_from}: compute x{calibration.compute_scale:.3f}, "
+            f"+{calibration.post_batch_ms:.2f} ms per response, service CV {calibration.service_cv:.3f}, "
+            f"energy x{calibration.energy_scale:.3f}"
+        )
     configs = grid(  # each one checked on creation
         base, max_batch_sizes=sizes, max_waits_ms=waits, greedy_max_batch_size=greedy_size if greedy else None
     )
@@ -220,6 +230,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--overheads-from-profile",
         action="store_true",
         help="Take --pre-queue-ms and --overhead-j-per-request from the profile's decode cost.",
+    )
+    costs.add_argument(
+        "--calibrate-from",
+        type=Path,
+        metavar="RUN_DIR",
+        help=(
+            "Measure the four serving costs (compute and energy scale, response overhead, service CV) on a "
+            "load test's output directory (e.g. one of a sweep's runs/); implies --overheads-from-profile."
+        ),
     )
     parser.add_argument("--out", type=Path, default=None, help="Write the results as CSV.")
     parser.set_defaults(handler=_run)
