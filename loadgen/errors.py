@@ -3,6 +3,8 @@ message and exit code 2 by the CLI (never a traceback)."""
 
 from __future__ import annotations
 
+from energy.profile import BatchProfileError
+
 
 class LoadgenError(ValueError):
     """Base class: bad input to a loadgen command (a trace, a grid, a profile, a setting)."""
@@ -16,5 +18,5 @@ class GridError(LoadgenError):
     """A sweep grid that cannot be run (unknown model, bad batch size or wait)."""
 
 
-class ProfileError(LoadgenError):
+class ProfileError(LoadgenError, BatchProfileError):
     """A model profile that cannot be used by the simulator (missing, malformed, empty)."""

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         "reuse",
         description=(
             "C heap policy: 'reuse' keeps freed memory so batches do not page-fault their buffers "
-            "back in (glibc; see service/allocator.py), 'system' leaves the allocator alone."
+            "back in (glibc; see energy/allocator.py), 'system' leaves the allocator alone."
         ),
     )
     warmup: bool = Field(True, description="Run warm-up batches before reporting ready.")

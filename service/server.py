@@ -14,7 +14,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from service.allocator import configure_allocator
+from energy.allocator import configure_allocator
 from service.app import create_app
 from service.config import Settings
 from service.errors import ConfigurationError

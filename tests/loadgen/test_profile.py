@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from energy import EnergySampler, create_meter
+from energy.profile import BatchProfileError
 from loadgen.cli import main as loadgen_main
 from loadgen.errors import ProfileError
 from loadgen.profile import (
@@ -150,7 +151,7 @@ def test_is_out_of_memory() -> None:
 def test_bad_arguments(
     sampler: EnergySampler, sizes: list[int], warmup: int, repeats: int, message: str
 ) -> None:
-    with pytest.raises(ProfileError, match=message):
+    with pytest.raises(BatchProfileError, match=message):
         profile_batches(lambda size: None, sizes, warmup=warmup, repeats=repeats, sampler=sampler)
 
 

@@ -1,12 +1,16 @@
 """Keep the C heap's freed memory for reuse, so that each batch does not fault its buffers back in.
 
+It lives in ``energy/`` because it changes what a batch costs: the server (setting ``allocator``),
+the load generator's profile and the trainer's studies apply the same policy, so that their
+figures are comparable.
+
 Measured here (2 vCPUs, shufflenet_v2_x0_5, 1 torch thread, in a worker thread as the server runs
 it): with glibc's defaults a batch of 16 took 120 ms and 12 700 minor page faults, a batch of 128
 1 275 ms and 217 000 faults — a third of the time in the kernel, zeroing pages. glibc serves
 allocations above its mmap threshold (128 KiB, raised dynamically up to 32 MiB) with fresh
 ``mmap`` calls and gives them back to the kernel on ``free``; activations of a CNN batch are that
 size, so every batch re-faults them. With the three settings below the same batches took about
-100 ms and 760 ms with no faults (``/tmp`` script in the closing note of issue 4; docs/benchmarks.md).
+100 ms and 760 ms with no faults (tests/energy/test_allocator.py shows the page faults disappear).
 
 ``reuse`` (the default) sets, through ``mallopt``:
 

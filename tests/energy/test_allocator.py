@@ -14,7 +14,7 @@ from service.config import Settings
 # page faults of the last 19 rounds (the first one may fault, the heap grows once).
 _SCRIPT = """
 import resource, sys
-from service.allocator import configure_allocator
+from energy.allocator import configure_allocator
 print(configure_allocator(sys.argv[1]))
 block = bytearray(64 << 20); del block
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
