@@ -249,10 +249,13 @@ class ServedPoint:
 
 
 def load_model(name: str, torch_threads: int) -> Classifier:
+    from energy.allocator import configure_allocator
     from service.config import Settings
     from service.model import load_classifier
 
-    return load_classifier(Settings(model=name, weights="random", torch_threads=torch_threads))
+    settings = Settings(model=name, weights="random", torch_threads=torch_threads)
+    configure_allocator(settings.allocator)  # the server's heap policy, so both sides compare
+    return load_classifier(settings)
 
 
 def preprocess_all(classifier: Classifier, bodies: Sequence[bytes]) -> list[torch.Tensor]:
