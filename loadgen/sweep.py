@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 GREEDY = "greedy"
 #: The study's batch sizes, and the greedy mode.
 DEFAULT_BATCH_SIZES: tuple[str, ...] = ("16", "32", "64", "128", GREEDY)
-DEFAULT_MAX_WAITS_MS: tuple[float, ...] = (100.0,)
-DEFAULT_MODELS: tuple[str, ...] = ("digits_cnn",)
+DEFAULT_MAX_WAITS_MS: tuple[float, ...] = (200.0, 1000.0)
+DEFAULT_MODELS: tuple[str, ...] = ("digits_cnn", "shufflenet_v2_x0_5")
 #: The study's request stream: 16 req/s ± 20 %.
 DEFAULT_TRACE_RATE = 16.0
 DEFAULT_TRACE_JITTER = 0.2
@@ -82,7 +82,7 @@ class SweepSettings:
     torch_threads: int = 1
     energy_source: str = "auto"
     images: str | None = None  # default: digits samples for digits_cnn, generated photos otherwise
-    p99_target_ms: float = 1000.0
+    p99_target_ms: float = 500.0
 
 
 @dataclass(frozen=True)
