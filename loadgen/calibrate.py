@@ -1,120 +1,223 @@
-"""Calibrating the simulator on one measured run, so that it can predict the others.
+"""Calibrating the simulator on measured runs, so that it can predict the others.
 
-An offline profile is the model alone. A served request also pays for what the profile cannot
-see: HTTP and the client (a few ms per request here), a model that computes slower while the
-event loop, the decode threads and the load generator share the machine, more variable batch
-times, and — for CPU meters — whatever else the process does while a batch runs. Four numbers
-describe that, and one real run (a load test's ``summary.json`` and ``requests.csv``, e.g. one
-configuration of a sweep) measures them:
+An offline profile is the model alone. A served batch also pays for what the profile cannot see:
+handing the batch to the model thread and back, a model that computes slower while the event loop,
+the decode threads and the load generator share the machine, a meter that reads the whole process
+(``estimate``, ``rapl``) — and each response pays for HTTP and the client. Those costs are measured
+on one or more real runs (load tests' output directories: ``summary.json`` and ``requests.csv``,
+where every answered request carries its batch's size, the server's ``compute_ms`` and its share
+of the batch's energy), e.g. two configurations of a sweep:
 
-* ``compute_scale`` = served mean batch time (``greenserve_batch_duration_seconds``) ÷ the
-  profile's latency at the run's mean batch size;
-* ``post_batch_ms`` = mean over answered requests of (latency − queue_ms − compute_ms) − the
-  profile's decode time (which the simulator already spends before the queue);
-* ``service_cv`` = the coefficient of variation of the served compute times of requests in
-  batches of the run's most common size (one size, so that the spread is not the size mix);
-* ``energy_scale`` = measured J/request ÷ the simulator's J/request for the same run with the
-  three above and ``energy_scale = 1``.
+* **batch time** — least squares through the served batches (rebuilt from the requests: those of
+  one batch share its size, compute time and energy), ``compute_ms = compute_scale ×
+  profile_ms(b) + batch_overhead_ms + arrival_delay_ms × (requests that reached the server while
+  it computed)``: decoding and HTTP compete with the model thread for the CPU and the GIL, so a
+  batch is slower during a burst than at a steady rate, whatever its size;
+* **batch energy** — ``energy_scale`` = Σ measured batch energy ÷ Σ (the profile's power at the
+  batch's size × its served time): a batch draws the profile's power, scaled, for as long as it
+  runs. The meter's share of decoding done meanwhile is in that factor;
+* **batch-time spread** — ``service_cv``, the coefficient of variation of the residuals of the
+  time fit relative to the fitted time;
+* **response overhead** — the measured values of (latency − ``queue_ms`` − ``compute_ms`` − the
+  profile's decode time), from which the simulator draws one per response
+  (``post_batch_samples_ms``), so the tail of HTTP and the client is in the simulated p99.
 
-The calibration run is best a small-batch one (the greedy configuration): many batches, so the
-means are tight. ``make bench-sim`` calibrates on one configuration per model and reports the
-errors on the others, the calibration run excluded.
+The fit needs batches that differ in size and in arrivals: calibrate on a greedy run of one trace
+(small batches) and a long-wait run of a bursty trace (large batches, bursts); with a single size
+the fit degrades to a ratio through the origin. A coefficient that comes out negative is dropped
+and the rest refit. ``make bench-sim`` calibrates per model on two runs and validates on the rest.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import statistics
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from loadgen.errors import LoadgenError
 from loadgen.loadtest import SUMMARY_NAME, LoadtestSummary
 from loadgen.profile import ModelProfile
-from loadgen.simulate import DEFAULT_TIMEOUT_MS, SimConfig, simulate
-from loadgen.trace import Trace, read_trace
+from loadgen.simulate import SimConfig
+
+#: Response-overhead samples kept (a uniform thinning of the measured ones): enough for a p99.
+MAX_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Serving costs outside the profile, measured on one run (see the module's docstring)."""
+    """Serving costs outside the profile, measured on real runs (see the module's docstring)."""
 
     compute_scale: float
-    post_batch_ms: float
+    batch_overhead_ms: float
+    arrival_delay_ms: float  # per request reaching the server while a batch computes
     service_cv: float
     energy_scale: float
-    source_run: str = ""  # the run directory it was measured on
-    source_key: str = ""  # and its sweep key, when it is a sweep's run
+    post_batch_samples_ms: tuple[float, ...]
+    batches: int  # how many served batches the fits saw
+    batch_sizes: tuple[int, ...]  # and of which sizes
+    source_runs: tuple[str, ...] = ()
+    source_keys: tuple[str, ...] = ()  # their sweep keys, when they are a sweep's runs
 
     def apply(self, config: SimConfig) -> SimConfig:
-        """``config`` with these costs (its decode overheads, :meth:`SimConfig.with_profile_overheads`,
-        are the caller's: calibrations are measured on top of them)."""
+        """``config`` (with its profile's decode time as ``pre_queue_ms``) and these costs."""
         return dataclasses.replace(
             config,
             compute_scale=self.compute_scale,
-            post_batch_ms=self.post_batch_ms,
+            batch_overhead_ms=self.batch_overhead_ms,
+            arrival_delay_ms=self.arrival_delay_ms,
             service_cv=self.service_cv,
             energy_scale=self.energy_scale,
+            energy_follows_time=True,
+            batch_overhead_j=0.0,
+            overhead_j_per_request=0.0,  # in the batch's time, hence its energy
+            post_batch_samples_ms=self.post_batch_samples_ms,
+        )
+
+    def describe(self) -> str:
+        post = np.asarray(self.post_batch_samples_ms)
+        return (
+            f"batch time = {self.compute_scale:.3f} × profile + {self.batch_overhead_ms:.2f} ms + "
+            f"{self.arrival_delay_ms:.2f} ms per request arriving meanwhile (CV {self.service_cv:.3f}); "
+            f"batch energy = {self.energy_scale:.3f} × profile power × batch time; "
+            f"response overhead median {np.median(post):.1f} ms, "
+            f"p99 {np.percentile(post, 99):.1f} ms; from {self.batches} batches of sizes "
+            f"{min(self.batch_sizes)}–{max(self.batch_sizes)}"
         )
 
 
-def _requests(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "requests.csv"
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [row for row in csv.DictReader(f) if row["status"] == "200"]
-    except (OSError, KeyError) as exc:
-        raise LoadgenError(f"{path}: cannot read the run's requests ({exc})") from None
-    if not rows or not rows[0].get("compute_ms"):
-        raise LoadgenError(f"{path}: no answered request with the server's queue_ms and compute_ms")
-    return rows
+@dataclass(frozen=True)
+class _Request:
+    batch_size: int
+    compute_ms: float
+    energy_j: float
+    other_ms: float
+    start_s: float  # when the client sent it (the run's clock)
+    end_s: float
 
 
-def run_config(summary: LoadtestSummary) -> tuple[Trace, SimConfig]:
-    """The trace a load test replayed and the batching it was served with, from its summary."""
-    settings = summary.raw.get("settings") or {}
-    batching = settings.get("batching")
-    if not settings.get("trace") or not batching:
-        raise LoadgenError(f"{summary.summary_path}: not a trace replay with the server's batching settings")
-    timeout = settings.get("timeout_ms")
-    config = SimConfig(
-        max_batch_size=int(batching["max_batch_size"]),
-        max_wait_ms=float(batching["max_wait_ms"]),
-        max_queue=int(batching["max_queue"]),
-        timeout_ms=float(timeout) if timeout else DEFAULT_TIMEOUT_MS,
-    )
-    return read_trace(Path(settings["trace"])), config
+@dataclass(frozen=True)
+class _Batch:
+    size: int
+    compute_ms: float
+    energy_j: float
+    arrivals_during: int  # requests that reached the server while it computed (their decoding)
 
 
-def calibrate(profile: ModelProfile, run_dir: Path, *, source_key: str = "") -> Calibration:
-    """Measure the :class:`Calibration` of ``run_dir``: a load test's output directory (a trace
-    replay; the trace file must still be where the summary says)."""
+def _batches(requests: Sequence[_Request], sent_s: Sequence[float], decode_ms: float) -> list[_Batch]:
+    """The run's batches, rebuilt from its answered requests: those of one batch share its size,
+    compute time and energy share, and leave together (consecutive by end time). A batch's interval
+    ends when its responses leave, less the median response overhead; any request sent (whatever
+    its answer) counts as arriving while it computed if its decoding finished inside."""
+    groups: dict[tuple[int, float, float], list[_Request]] = {}
+    for r in requests:
+        groups.setdefault((r.batch_size, round(r.compute_ms, 6), round(r.energy_j, 9)), []).append(r)
+    post_s = max(0.0, float(np.median([r.other_ms for r in requests])) / 1000.0 - decode_ms / 1000.0)
+    arrivals = np.sort(np.asarray(sent_s, dtype=np.float64) + decode_ms / 1000.0)
+    batches = []
+    for (size, compute_ms, energy_j), members in groups.items():
+        members = sorted(members, key=lambda r: r.end_s)
+        for first in range(0, len(members), size):  # identical batches: split by size, in time order
+            chunk = members[first : first + size]
+            end = float(np.median([m.end_s for m in chunk])) - post_s
+            start = end - compute_ms / 1000.0
+            during = int(np.searchsorted(arrivals, end) - np.searchsorted(arrivals, start, side="right"))
+            batches.append(_Batch(size, compute_ms, energy_j * size, during))
+    return batches
+
+
+def _read_run(run_dir: Path, profile: ModelProfile) -> tuple[list[_Request], list[float]]:
+    """The run's answered requests, and when every request was sent."""
     summary = LoadtestSummary.from_json(run_dir / SUMMARY_NAME)
-    trace, config = run_config(summary)
-    server = summary.raw.get("server") or {}
-    mean_batch = server.get("mean_batch_size")
-    mean_batch_ms = server.get("mean_batch_ms")
-    if not mean_batch or not mean_batch_ms or summary.figures.j_per_request is None:
-        raise LoadgenError(f"{run_dir}: the run has no batch figures from the server's /metrics")
-    if summary.energy_source != profile.energy_source:
+    if summary.energy_source is not None and summary.energy_source != profile.energy_source:
         raise LoadgenError(
             f"{run_dir}: measured with {summary.energy_source}, the profile with {profile.energy_source}"
         )
-    rows = _requests(run_dir)
-    compute_scale = mean_batch_ms / (profile.latency_s(max(1, round(mean_batch))) * 1000.0)
-    base = config.with_profile_overheads(profile)
-    other_ms = statistics.fmean(
-        float(r["latency_ms"]) - float(r["queue_ms"]) - float(r["compute_ms"]) for r in rows
+    path = run_dir / "requests.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            every = list(csv.DictReader(f))
+        sent = [float(row["start_s"]) for row in every if row.get("start_s")]
+        rows = [row for row in every if row["status"] == "200"]
+        requests = [
+            _Request(
+                int(row["batch_size"]),
+                float(row["compute_ms"]),
+                float(row["energy_j"]),
+                float(row["latency_ms"]) - float(row["queue_ms"]) - float(row["compute_ms"]),
+                float(row["start_s"]),
+                float(row["end_s"]),
+            )
+            for row in rows
+        ]
+    except (OSError, KeyError, ValueError) as exc:
+        raise LoadgenError(f"{path}: cannot read the run's answered requests ({exc})") from None
+    if not requests:
+        raise LoadgenError(f"{path}: no answered request to calibrate on")
+    return requests, sent
+
+
+def _fit(columns: Sequence[np.ndarray], y: np.ndarray, *, intercept: bool) -> list[float]:
+    """Least squares ``y = Σ coef_i × column_i (+ intercept)``, returned as ``[coef…, intercept]``,
+    with every cost ≥ 0: a negative one (a cost cannot be negative) is dropped and the rest refit.
+    The first column (the profile's cost) is always kept."""
+    features = [*columns, np.ones_like(y)] if intercept else list(columns)
+    kept = list(range(len(features)))
+    while True:
+        coefs, *_ = np.linalg.lstsq(np.column_stack([features[i] for i in kept]), y, rcond=None)
+        negative = [i for i, c in zip(kept, coefs, strict=True) if c < 0 and i != 0]
+        if not negative:
+            found = dict(zip(kept, (float(c) for c in coefs), strict=True))
+            values = [found.get(i, 0.0) for i in range(len(features))]
+            return values if intercept else [*values, 0.0]
+        kept.remove(negative[0])
+
+
+def calibrate(
+    profile: ModelProfile, run_dirs: Sequence[Path], *, source_keys: Sequence[str] = ()
+) -> Calibration:
+    """Measure the :class:`Calibration` of ``run_dirs`` (load tests' output directories)."""
+    if not run_dirs:
+        raise LoadgenError("no run to calibrate on")
+    decode_ms = profile.preprocess_ms_per_image or 0.0
+    runs = [_read_run(run_dir, profile) for run_dir in run_dirs]
+    batches = [batch for requests, sent in runs for batch in _batches(requests, sent, decode_ms)]
+    sizes = np.array([b.size for b in batches])
+    profile_ms = np.array([profile.latency_s(int(b)) * 1000.0 for b in sizes])
+    power_w = np.array([profile.energy_j(int(b)) / profile.latency_s(int(b)) for b in sizes])
+    compute_ms = np.array([b.compute_ms for b in batches])
+    arrivals = np.array([b.arrivals_during for b in batches], dtype=np.float64)
+    # A line needs sizes that differ; with one size (or nearly) the fit is a ratio through 0.
+    spread = bool(np.ptp(profile_ms) > 0.25 * float(np.max(profile_ms)))
+    columns = [profile_ms, arrivals] if np.ptp(arrivals) > 0 else [profile_ms]
+    coefs = _fit(columns, compute_ms, intercept=spread)
+    compute_scale, overhead_ms = coefs[0], coefs[-1]
+    arrival_delay_ms = coefs[1] if len(columns) > 1 else 0.0
+    if compute_scale <= 0:
+        compute_scale, arrival_delay_ms, overhead_ms = (
+            float(np.sum(compute_ms) / np.sum(profile_ms)),
+            0.0,
+            0.0,
+        )
+    # Energy follows the served batch time at the profile's power, times one factor.
+    energy_scale = float(np.sum([b.energy_j for b in batches]) / np.sum(power_w * compute_ms / 1000.0))
+    fitted = compute_scale * profile_ms + arrival_delay_ms * arrivals + overhead_ms
+    service_cv = float(np.sqrt(np.mean((compute_ms / fitted - 1.0) ** 2)))
+    post = np.clip(np.array([r.other_ms for requests, _ in runs for r in requests]) - decode_ms, 0.0, None)
+    if len(post) > MAX_SAMPLES:
+        post = np.sort(post)[np.linspace(0, len(post) - 1, MAX_SAMPLES).astype(int)]
+    return Calibration(
+        compute_scale=compute_scale,
+        batch_overhead_ms=overhead_ms,
+        arrival_delay_ms=arrival_delay_ms,
+        service_cv=min(service_cv, 10.0),
+        energy_scale=energy_scale,
+        post_batch_samples_ms=tuple(float(v) for v in post),
+        batches=len(batches),
+        batch_sizes=tuple(sorted({int(b) for b in sizes})),
+        source_runs=tuple(str(d) for d in run_dirs),
+        source_keys=tuple(source_keys),
     )
-    common_size = Counter(r["batch_size"] for r in rows).most_common(1)[0][0]
-    compute = [float(r["compute_ms"]) for r in rows if r["batch_size"] == common_size]
-    service_cv = statistics.pstdev(compute) / statistics.fmean(compute) if len(compute) > 1 else 0.0
-    partial = Calibration(
-        compute_scale, max(0.0, other_ms - base.pre_queue_ms), service_cv, 1.0, str(run_dir), source_key
-    )
-    predicted = simulate(trace, profile, partial.apply(base)).figures.j_per_request
-    if not predicted:
-        raise LoadgenError(f"{run_dir}: the simulator predicts no energy for this run")
-    return dataclasses.replace(partial, energy_scale=summary.figures.j_per_request / predicted)

@@ -35,6 +35,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 def main(command: str, argv: Sequence[str]) -> int:
     """Run ``greenserve <command> <argv…>``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll is noise
     args = build_parser(command).parse_args(list(argv))
     try:
         code: int = args.handler(args)

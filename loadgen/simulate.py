@@ -80,6 +80,18 @@ class SimConfig:
       its queue entry (rejected requests were decoded too). Leave it at 0 for ``nvml``: the GPU's
       meter does not see CPU work.
 
+    * ``batch_overhead_j`` is energy added to every batch (what handing a batch over costs the
+      meter, whatever its size);
+    * ``arrival_delay_ms`` lengthens the running batch for every request that reaches the server
+      while it computes: decoding and HTTP compete with the model thread for the CPU and the GIL
+      (what makes a served batch slower during a burst than at a steady rate);
+    * ``energy_follows_time``: a batch's energy is ``energy_scale`` × the profile's power at its
+      size (J ÷ s) × the batch's simulated duration (with every cost above), + ``batch_overhead_j``:
+      a batch that computes longer draws power longer. Off: the profile's energy at its size,
+      whatever the duration;
+    * ``post_batch_samples_ms``, when given, replaces ``post_batch_ms`` by a draw (seeded) from
+      these measured values for each response: HTTP and the client have a tail of their own.
+
     :meth:`with_profile_overheads` fills ``pre_queue_ms`` and ``overhead_j_per_request`` from a
     profile. Bad values are a :class:`GridError` naming the value.
     """
@@ -97,6 +109,10 @@ class SimConfig:
     pre_queue_ms: float = 0.0
     post_batch_ms: float = 0.0
     overhead_j_per_request: float = 0.0
+    batch_overhead_j: float = 0.0
+    post_batch_samples_ms: tuple[float, ...] = ()
+    arrival_delay_ms: float = 0.0
+    energy_follows_time: bool = False
 
     def __post_init__(self) -> None:
         # The server's ranges (service.batching.BatchingConfig and service.config.Settings).
@@ -113,10 +129,19 @@ class SimConfig:
                 raise GridError(f"{name} must be > 0, got {value!r}")
         if not (_finite(self.service_cv) and 0 <= self.service_cv <= 10):
             raise GridError(f"service_cv must be in 0..10, got {self.service_cv!r}")
-        for name in ("batch_overhead_ms", "pre_queue_ms", "post_batch_ms", "overhead_j_per_request"):
+        for name in (
+            "batch_overhead_ms",
+            "pre_queue_ms",
+            "post_batch_ms",
+            "overhead_j_per_request",
+            "batch_overhead_j",
+            "arrival_delay_ms",
+        ):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
                 raise GridError(f"{name} must be >= 0, got {value!r}")
+        if not all(_finite(v) and v >= 0 for v in self.post_batch_samples_ms):
+            raise GridError("post_batch_samples_ms must all be finite and >= 0")
 
     def with_profile_overheads(self, profile: ModelProfile) -> SimConfig:
         """This configuration with the profile's per-image decode cost as ``pre_queue_ms`` and, for
@@ -193,7 +218,12 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
         profile.latency_s(b) * config.compute_scale + config.batch_overhead_ms / 1000
         for b in range(1, size_limit + 1)
     ]
-    batch_j = [0.0] + [profile.energy_j(b) * config.energy_scale for b in range(1, size_limit + 1)]
+    batch_j = [0.0] + [
+        profile.energy_j(b) * config.energy_scale + config.batch_overhead_j for b in range(1, size_limit + 1)
+    ]
+    power_w = [0.0] + [profile.energy_j(b) / profile.latency_s(b) for b in range(1, size_limit + 1)]
+    arrival_delay_s = config.arrival_delay_ms / 1000
+    members: list[list[int]] = []  # each batch's requests, to move their answers when it is lengthened
     # Gamma(k, 1/k) has mean 1 and CV 1/√k: a positive, right-skewed multiplier of the mean time.
     rng = np.random.default_rng(config.seed) if config.service_cv > 0 else None
     shape = 1.0 / config.service_cv**2 if config.service_cv > 0 else 0.0
@@ -241,25 +271,40 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
                 status[arrival] = 504  # the deadline passed while decoding (pre_queue_ms ≥ timeout)
             else:
                 queue.append(arrival)
-            if overhead_j and running:
+            if running and (overhead_j or arrival_delay_s):
                 # Charged to the batch computing now (the latest started when several are).
                 latest = max(index for _, index in running)
                 energies[latest] += overhead_j
+                if arrival_delay_s:
+                    ends[latest] += arrival_delay_s
+                    for item in members[latest]:
+                        done_s[item] += arrival_delay_s
+                    running = [(ends[index], index) for _, index in running]
+                    heapq.heapify(running)
             arrival += 1
         # 4. Cuts: while a slot is free and a batch is full or its first item's wait is over.
         while free and queue and (len(queue) >= size_limit or enqueue[queue[0]] + wait_s <= now):
             size = min(size_limit, len(queue))
             end = now + service_s[size] * (1.0 if rng is None else float(rng.gamma(shape, 1.0 / shape)))
+            members.append([])
             for _ in range(size):
                 item = queue.popleft()
                 status[item] = 200
                 done_s[item] = end
+                members[-1].append(item)
             heapq.heappush(running, (end, len(starts)))
             starts.append(now)
             ends.append(end)
             sizes.append(size)
             energies.append(batch_j[size])
             free -= 1
+    if config.energy_follows_time:
+        for index, size in enumerate(sizes):
+            charged = energies[index] - batch_j[size]  # per-request overheads charged to it
+            duration = ends[index] - starts[index]
+            energies[index] = (
+                config.energy_scale * power_w[size] * duration + config.batch_overhead_j + charged
+            )
     return _result(times, status, done_s, starts, ends, sizes, energies, profile, config)
 
 
@@ -275,9 +320,19 @@ def _result(
     config: SimConfig,
 ) -> SimResult:
     post_s = config.post_batch_ms / 1000
-    latencies = tuple(done_s[i] + post_s - t for i, t in enumerate(times) if status[i] == 200)
+    answered = [i for i in range(len(times)) if status[i] == 200]
+    if config.post_batch_samples_ms:
+        # Its own generator (seed + 1): the compute times' draws stay what they were without it.
+        rng = np.random.default_rng(config.seed + 1)
+        draws = np.asarray(config.post_batch_samples_ms)[
+            rng.integers(0, len(config.post_batch_samples_ms), len(answered))
+        ]
+        post = [float(d) / 1000 for d in draws]
+    else:
+        post = [post_s] * len(answered)
+    latencies = tuple(done_s[i] + post[k] - times[i] for k, i in enumerate(answered))
     completed = len(latencies)
-    span = max(ends) + post_s - times[0] if ends else 0.0
+    span = max(done_s[i] + post[k] for k, i in enumerate(answered)) - times[0] if answered else 0.0
     p50, p90, p99 = percentiles_ms(latencies)
     figures = RunFigures(
         requests=len(times),
@@ -368,6 +423,8 @@ def result_row(result: SimResult) -> dict[str, object]:
         "model": result.model,
         "device": result.device,
         **dataclasses.asdict(config),
+        # The samples themselves are the calibration's; the row says how many there were.
+        "post_batch_samples_ms": len(config.post_batch_samples_ms),
         **dataclasses.asdict(result.figures),
         "busy_fraction": result.busy_fraction,
     }

@@ -148,11 +148,7 @@ def _run(args: argparse.Namespace) -> int:
 
         calibration = calibrate(profile, args.calibrate_from)
         base = calibration.apply(base)
-        print(
-            f"calibrated on {args.calibrate_from}: compute x{calibration.compute_scale:.3f}, "
-            f"+{calibration.post_batch_ms:.2f} ms per response, service CV {calibration.service_cv:.3f}, "
-            f"energy x{calibration.energy_scale:.3f}"
-        )
+        print(f"calibrated on {', '.join(map(str, args.calibrate_from))}: {calibration.describe()}")
     configs = grid(  # each one checked on creation
         base, max_batch_sizes=sizes, max_waits_ms=waits, greedy_max_batch_size=greedy_size if greedy else None
     )
@@ -234,10 +230,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     costs.add_argument(
         "--calibrate-from",
         type=Path,
+        action="append",
         metavar="RUN_DIR",
         help=(
-            "Measure the four serving costs (compute and energy scale, response overhead, service CV) on a "
-            "load test's output directory (e.g. one of a sweep's runs/); implies --overheads-from-profile."
+            "Measure the serving costs (batch time and energy lines, spread, response overhead) on a load "
+            "test's output directory, e.g. one of a sweep's runs/; repeat it to fit on several runs "
+            "(best: one with small and one with large batches). Implies --overheads-from-profile."
         ),
     )
     parser.add_argument("--out", type=Path, default=None, help="Write the results as CSV.")

@@ -70,49 +70,112 @@ def _run_dir(tmp_path: Path, compute_ms: list[float], *, j_per_request: float = 
     (run / "summary.json").write_text(json.dumps(summary))
     with (run / "requests.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "status", "batch_size", "latency_ms", "queue_ms", "compute_ms"])
+        writer.writerow(
+            [
+                "index",
+                "status",
+                "batch_size",
+                "latency_ms",
+                "queue_ms",
+                "compute_ms",
+                "energy_j",
+                "start_s",
+                "end_s",
+            ]
+        )
         for i, compute in enumerate(compute_ms):
             # latency = 1 ms decode (the profile's) + 0.5 ms queue + compute + 6 ms of HTTP and client
-            writer.writerow([i, "200", "1", 1.0 + 0.5 + compute + 6.0, 0.5, compute])
+            latency = 1.0 + 0.5 + compute + 6.0
+            start = i * 0.1
+            writer.writerow(
+                [i, "200", "1", latency, 0.5, compute, j_per_request, start, start + latency / 1000]
+            )
     return run
 
 
 def test_calibration_formulas_by_hand(tmp_path: Path) -> None:
     run = _run_dir(tmp_path, [11.0, 13.0, 11.0, 13.0])
-    cal = calibrate(PROFILE, run, source_key="m|b8|greedy")
-    assert cal.compute_scale == pytest.approx(12.0 / 10.0)  # served 12 ms against the profile's 10
-    assert cal.post_batch_ms == pytest.approx(6.0)  # latency − queue − compute − the profile's 1 ms decode
-    assert cal.service_cv == pytest.approx(1.0 / 12.0)  # population std 1 ms over mean 12 ms
-    # Simulated with energy_scale 1 each batch of 1 costs the profile's 0.1 J; measured 0.2 J/request.
-    assert cal.energy_scale == pytest.approx(2.0)
-    assert cal.source_key == "m|b8|greedy"
+    cal = calibrate(PROFILE, [run], source_keys=["m|b8|greedy"])
+    # One batch size and no arrival during a batch: a ratio through 0, served 12 ms against 10.
+    assert cal.compute_scale == pytest.approx(12.0 / 10.0)
+    assert cal.batch_overhead_ms == 0.0 and cal.arrival_delay_ms == 0.0
+    assert cal.service_cv == pytest.approx(1.0 / 12.0)  # residuals ±1 ms around 12 ms
+    # 0.2 J per batch over 12 ms, against the profile's 0.1 J per 10 ms (10 W): 1.667 × 10 W.
+    assert cal.energy_scale == pytest.approx(0.2 / (10.0 * 0.012))
+    # latency − queue − compute − the profile's 1 ms decode
+    assert cal.post_batch_samples_ms == pytest.approx((6.0,) * 4)
+    assert cal.source_keys == ("m|b8|greedy",) and cal.batches == 4 and cal.batch_sizes == (1,)
     config = cal.apply(SimConfig(max_batch_size=8, max_wait_ms=0).with_profile_overheads(PROFILE))
     predicted = simulate(read_trace(tmp_path / "trace.jsonl"), PROFILE, config).figures
-    assert predicted.j_per_request == pytest.approx(0.2)
+    assert predicted.j_per_request == pytest.approx(0.2, rel=0.15)  # gamma-distributed batch times
     assert predicted.latency_p50_ms == pytest.approx(1.0 + 12.0 + 6.0, rel=0.2)
 
 
-def test_calibration_refuses_a_run_of_another_meter_or_without_server_figures(tmp_path: Path) -> None:
+def test_calibration_fits_size_and_arrival_costs_by_hand(tmp_path: Path) -> None:
+    """Batches of 1 and 2; some with a request arriving while they compute. Served time =
+    1.5 × profile + 2 ms + 3 ms per arrival, exactly: the fit must find those three numbers."""
+    run = tmp_path / "run"
+    _run_dir(tmp_path, [10.0])  # the summary and trace; requests rewritten below
+    rows = []
+    t = 0.0
+    index = 0
+    for size, arrival in [(1, False), (2, False), (1, True), (2, True), (1, False), (2, True)]:
+        profile_ms = 10.0 if size == 1 else 16.0
+        compute = 1.5 * profile_ms + 2.0 + (3.0 if arrival else 0.0)
+        for _ in range(size):  # sent at t, decoded by t + 1 ms, computing from t + 1.5 ms
+            latency = 1.0 + 0.5 + compute + 6.0
+            rows.append([index, "200", size, latency, 0.5, compute, 0.01, t, t + latency / 1000])
+            index += 1
+        if arrival:  # one more request, decoded 2.5 ms after this batch started (any answer)
+            rows.append([index, "404", 1, 0, 0, 0, 0, t + 0.003, 0])
+            index += 1
+        t += 1.0
+    with (run / "requests.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "index",
+                "status",
+                "batch_size",
+                "latency_ms",
+                "queue_ms",
+                "compute_ms",
+                "energy_j",
+                "start_s",
+                "end_s",
+            ]
+        )
+        writer.writerows(rows)
+    cal = calibrate(PROFILE, [run])
+    assert cal.batches == 6 and cal.batch_sizes == (1, 2)
+    assert cal.compute_scale == pytest.approx(1.5)
+    assert cal.batch_overhead_ms == pytest.approx(2.0)
+    assert cal.arrival_delay_ms == pytest.approx(3.0)
+    assert cal.service_cv == pytest.approx(0.0, abs=1e-9)
+
+
+def test_calibration_refuses_a_run_of_another_meter_or_without_answers(tmp_path: Path) -> None:
     run = _run_dir(tmp_path, [10.0, 10.0])
     other = ModelProfile("m", "cpu", "rapl", (ProfilePoint(1, 1, 10, 10, 10, 0, 0.1, 0.1, 100, "rapl"),))
     with pytest.raises(LoadgenError, match="measured with estimate, the profile with rapl"):
-        calibrate(other, run)
-    summary = json.loads((run / "summary.json").read_text())
-    summary["server"] = None
-    (run / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(LoadgenError, match="no batch figures"):
-        calibrate(PROFILE, run)
+        calibrate(other, [run])
+    (run / "requests.csv").write_text("index,status\n")
+    with pytest.raises(LoadgenError, match=r"answered requests|no answered request"):
+        calibrate(PROFILE, [run])
     with pytest.raises(LoadgenError, match="summary"):
-        calibrate(PROFILE, tmp_path / "nowhere")
+        calibrate(PROFILE, [tmp_path / "nowhere"])
+    with pytest.raises(LoadgenError, match="no run"):
+        calibrate(PROFILE, [])
 
 
 @pytest.mark.server
 def test_calibrated_simulator_predicts_a_real_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Profile the embedded model, serve it greedy and with a 100 ms wait, calibrate on the greedy
-    run, and predict the other: batch sizes follow from the arrivals and the wait (tight), p99
-    from the wait plus the calibrated costs (looser: a shared 2-core machine)."""
+    """Profile the embedded model, serve it greedy and with a 100 ms wait, calibrate on both, and
+    predict the waiting one: its batch sizes follow from the arrivals and the wait (tight), its p99
+    from the wait plus the calibrated costs, its J/request from the fitted batch costs (looser: a
+    shared 2-core machine)."""
     trace_path = write_trace(Trace.from_times(i / 20 for i in range(60)), tmp_path / "trace.jsonl")
     profile = profile_model("digits_cnn", batch_sizes=(1, 2, 4, 8), warmup=2, repeats=5, min_time_s=0.2)
     profile_path = write_profile(profile, tmp_path / "profile.csv")
@@ -121,11 +184,13 @@ def test_calibrated_simulator_predicts_a_real_server(
     assert result.failed == 0
     rows = {row["key"]: row for row in sweep.read_rows(result.csv_path)}
     greedy, waiting = rows["digits_cnn|b8|greedy"], rows["digits_cnn|b8|w100"]
-    calibration = calibrate(profile, tmp_path / "sweep" / "runs" / "digits_cnn_b8_greedy")
+    runs = tmp_path / "sweep" / "runs"
+    calibration = calibrate(profile, [runs / "digits_cnn_b8_greedy", runs / "digits_cnn_b8_w100"])
     config = calibration.apply(SimConfig(max_batch_size=8, max_wait_ms=100).with_profile_overheads(profile))
     predicted = simulate(read_trace(trace_path), profile, config).figures
     assert predicted.mean_batch_size == pytest.approx(float(waiting["mean_batch_size"]), rel=0.15)
     assert predicted.latency_p99_ms == pytest.approx(float(waiting["latency_p99_ms"]), rel=0.3)
+    assert predicted.j_per_request == pytest.approx(float(waiting["j_per_request"]), rel=0.5)
     assert float(greedy["mean_batch_size"]) < float(waiting["mean_batch_size"])
     # The CLI does the same from the run directory.
     argv = ["--trace", str(trace_path), "--profile", str(profile_path), "--max-batch-size", "8"]
