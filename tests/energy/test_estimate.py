@@ -59,9 +59,13 @@ def test_twice_the_work_is_about_twice_the_joules() -> None:
         _busy(iterations)
         return meter.read_j()["cpu"] - start_j
 
-    single_j = min(joules_for(400_000) for _ in range(3))
-    double_j = min(joules_for(800_000) for _ in range(3))
-    assert 1.3 < double_j / single_j < 3.0
+    # Interleaved, the cheapest of five each: another busy process on a sibling hyperthread slows
+    # the same work (more CPU time) for a while, and must not land on one side only.
+    singles, doubles = [], []
+    for _ in range(5):
+        singles.append(joules_for(400_000))
+        doubles.append(joules_for(800_000))
+    assert 1.3 < min(doubles) / min(singles) < 3.0
 
 
 def test_never_decreases(clock: FakeClock) -> None:
