@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint typecheck check bench bench-sim loadtest sweep train-default train-ablation train-hpo clean
+.PHONY: help venv run test lint typecheck check bench bench-sim loadtest sweep train-default train-ablation train-hpo zoo up down clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -54,6 +54,17 @@ train-ablation: $(STAMP)  ## Layer ablation on digits: energy per CNN design, Kr
 
 train-hpo: $(STAMP)  ## HPO strategies (bayes, tpe, random, grid, bayes+hyperband) compared on energy (results/hpo)
 	$(VENV)/bin/greenserve train hpo $(ARGS)
+
+zoo: $(STAMP)  ## Model zoo: J/image vs accuracy of 18 vision networks 2012-2022, verdicts, Pareto front (results/zoo)
+	$(VENV)/bin/greenserve zoo $(ARGS)
+
+up:  ## Start greenserve, Prometheus and Grafana in Docker on 127.0.0.1:8000/9090/3000 (ARGS='--profile load')
+	@docker compose version >/dev/null 2>&1 || { echo "make up: 'docker compose' is not available; it needs Docker with the Compose plugin (docs/deploy.md)" >&2; exit 1; }
+	docker compose -f docker/compose.yaml $(ARGS) up -d --build
+
+down:  ## Stop and remove the Docker stack's containers, the load profile's too (volumes are kept)
+	@docker compose version >/dev/null 2>&1 || { echo "make down: 'docker compose' is not available; it needs Docker with the Compose plugin (docs/deploy.md)" >&2; exit 1; }
+	docker compose -f docker/compose.yaml --profile load $(ARGS) down
 
 clean:  ## Remove the environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     # trainer.cli whole (see main), so that serve does not import optuna, scipy and matplotlib:
     # listed here only for the top-level help.
     commands.add_parser("train", help="Training-side energy experiments: greenserve train --help.")
+    commands.add_parser(  # handed to trainer.zoo_cli whole, like train
+        "zoo",
+        help="Model-zoo study: energy per image vs accuracy, 2012-2022 networks: greenserve zoo --help.",
+    )
     # The load generator's commands are handed to loadgen.cli the same way.
     from loadgen.cli import COMMANDS as LOADGEN_COMMANDS
 
@@ -128,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trainer.cli import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["zoo"]:
+        from trainer.zoo_cli import main as zoo_main
+
+        return zoo_main(argv[1:])
     from loadgen.cli import COMMANDS as LOADGEN_COMMANDS
 
     if argv[:1] and argv[0] in LOADGEN_COMMANDS:
