@@ -22,8 +22,27 @@ venv: $(STAMP)  ## Create or update the virtual environment
 run: $(STAMP)  ## Serve the embedded digits model on 127.0.0.1:8000 (ARGS='--model resnet18 ...')
 	$(VENV)/bin/greenserve serve $(ARGS)
 
-test: $(STAMP)  ## Run the test suite
+test: $(STAMP) prometheus-tools  ## Run the test suite
 	$(VENV)/bin/pytest $(ARGS)
+
+# tests/docker check the Prometheus config, rules and dashboard with Prometheus' own promtool and prometheus,
+# which are no Python packages: install Debian's package when either is missing (CI starts from a clean
+# machine). A `command -v` on every run rather than a stamp, so that a removed package is noticed. The
+# package's own service (0.0.0.0:9090) is not wanted: the tests start their own on 127.0.0.1, so where
+# systemd started it, it is stopped and disabled again.
+.PHONY: prometheus-tools
+prometheus-tools:  ## Install promtool and prometheus (Debian's prometheus package) if missing; make test needs them
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; else \
+	  echo "promtool and prometheus, needed by tests/docker, are missing, and without root or sudo make test" \
+	    "cannot install them: install Debian's prometheus package (apt-get install prometheus)" >&2; exit 1; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "promtool and prometheus are needed by tests/docker and missing, and there is no apt-get:" \
+	    "install Prometheus (2.42 or later) with both programs on PATH" >&2; exit 1; fi; \
+	echo "Installing Debian's prometheus package (promtool and prometheus, for tests/docker)"; \
+	$$sudo apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
+	if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus.service; fi
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
