@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import io
 import itertools
-import json
 import logging
 import os
 import random
@@ -42,7 +41,14 @@ import energy
 from trainer.data import Dataset, dataset_names, load_dataset
 from trainer.errors import TrainerError
 from trainer.models import build_model, model_names
-from trainer.report import ABLATION_COLUMNS, RUNS_CSV, ablation_report, format_bool, write_json_atomic
+from trainer.report import (
+    ABLATION_COLUMNS,
+    RUNS_CSV,
+    ablation_report,
+    check_settings_file,
+    format_bool,
+    write_json_atomic,
+)
 from trainer.training import TrainConfig, measure_idle_power_w, train
 
 logger = logging.getLogger(__name__)
@@ -235,23 +241,7 @@ def _inspect_out_dir(out_dir: Path, fingerprint: dict[str, Any]) -> _Table:
     if out_dir.exists() and not out_dir.is_dir():
         raise TrainerError(f"output path {out_dir} exists and is not a directory")
     runs_csv, settings_json = out_dir / RUNS_CSV, out_dir / SETTINGS_JSON
-    has_settings = settings_json.exists()
-    if has_settings:
-        try:
-            previous = json.loads(settings_json.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrainerError(f"cannot read {settings_json}: {exc}") from None
-        if previous != fingerprint:
-            keys = sorted(set(previous) | set(fingerprint))
-            diff = [
-                f"{k}: {previous.get(k)!r} → {fingerprint.get(k)!r}"
-                for k in keys
-                if previous.get(k) != fingerprint.get(k)
-            ]
-            raise TrainerError(
-                f"{out_dir} holds a study with other settings ({'; '.join(diff)}); "
-                "use another output directory, or rerun with the same settings to resume it"
-            )
+    has_settings = check_settings_file(settings_json, fingerprint, out_dir=out_dir, study="study")
     if not runs_csv.exists():
         return _Table(set(), set(), False, 0, has_settings)
     if not has_settings:

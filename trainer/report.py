@@ -87,6 +87,32 @@ def write_csv_atomic(path: Path, columns: Sequence[str], rows: Sequence[Mapping[
     return write_text_atomic(path, buf.getvalue())
 
 
+def check_settings_file(
+    settings_json: Path, fingerprint: Mapping[str, Any], *, out_dir: Path, study: str
+) -> bool:
+    """Whether ``settings_json`` (a resumable study's settings) exists; a :class:`TrainerError` naming
+    every differing field when it holds other settings than ``fingerprint``, so that a study is
+    never resumed into a table made another way."""
+    if not settings_json.exists():
+        return False
+    try:
+        previous = json.loads(settings_json.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainerError(f"cannot read {settings_json}: {exc}") from None
+    if previous != fingerprint:
+        keys = sorted(set(previous) | set(fingerprint))
+        diff = [
+            f"{k}: {previous.get(k)!r} → {fingerprint.get(k)!r}"
+            for k in keys
+            if previous.get(k) != fingerprint.get(k)
+        ]
+        raise TrainerError(
+            f"{out_dir} holds a {study} with other settings ({'; '.join(diff)}); "
+            "use another --out, or rerun with the same settings to resume it"
+        )
+    return True
+
+
 def save_figure_atomic(fig: Figure, path: Path, *, dpi: int = 120) -> Path:
     """Render ``fig`` as PNG to ``path`` atomically; return ``path``."""
     return _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

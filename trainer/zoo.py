@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import energy
 from energy.profile import BatchProfileError, check_batch_sizes
 from trainer.errors import TrainerError
-from trainer.report import write_csv_atomic, write_json_atomic
+from trainer.report import check_settings_file, write_csv_atomic, write_json_atomic
 from trainer.zoo_catalog import CATALOGUE, QUICK_MODELS, ZooModel, lookup
 from trainer.zoo_report import (
     DONE_STATUSES,
@@ -366,25 +366,7 @@ def _inspect_out_dir(out_dir: Path, fingerprint: dict[str, Any]) -> _Table:
     if out_dir.exists() and not out_dir.is_dir():
         raise TrainerError(f"output path {out_dir} exists and is not a directory")
     table_csv, settings_json = out_dir / MEASUREMENTS_CSV, out_dir / SETTINGS_JSON
-    has_settings = settings_json.exists()
-    if has_settings:
-        import json
-
-        try:
-            previous = json.loads(settings_json.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrainerError(f"cannot read {settings_json}: {exc}") from None
-        if previous != fingerprint:
-            keys = sorted(set(previous) | set(fingerprint))
-            diff = [
-                f"{k}: {previous.get(k)!r} → {fingerprint.get(k)!r}"
-                for k in keys
-                if previous.get(k) != fingerprint.get(k)
-            ]
-            raise TrainerError(
-                f"{out_dir} holds a zoo study with other settings ({'; '.join(diff)}); "
-                "use another --out, or rerun with the same settings to resume it"
-            )
+    has_settings = check_settings_file(settings_json, fingerprint, out_dir=out_dir, study="zoo study")
     if not table_csv.exists():
         return _Table({}, False, 0, has_settings)
     if not has_settings:
