@@ -450,6 +450,26 @@ def recommend(points: Sequence[Point], p99_target_ms: float) -> Point | None:
     return min(eligible, key=lambda p: (p.j_per_request, p.p99_ms)) if eligible else None
 
 
+#: Two configurations whose mean batch sizes differ by less than this formed the same batches.
+SAME_BATCHES = 0.05
+
+
+def same_batches(best: Point, points: Sequence[Point]) -> list[Point]:
+    """Other clean configurations of ``best``'s model that formed the same batches (the cap did not
+    bind, or bound alike): their energy cannot differ for a reason the setting explains."""
+    if best.mean_batch_size is None:
+        return []
+    return [
+        p
+        for p in points
+        if p.key != best.key
+        and p.clean
+        and p.mean_batch_size is not None
+        and abs(p.mean_batch_size / best.mean_batch_size - 1) < SAME_BATCHES
+        and abs(p.p99_ms / best.p99_ms - 1) < 0.25
+    ]
+
+
 def _save(fig: Any, path: Path) -> Path:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
@@ -583,6 +603,14 @@ def render_summary(rows: Sequence[Mapping[str, str]], p99_target_ms: float) -> s
                 f"Recommendation: **{best.label}** — {best.j_per_request:.4g} J/request "
                 f"({best.energy_source}) at p99 {best.p99_ms:.4g} ms, the lowest energy meeting the target."
             )
+            twins = same_batches(best, mine)
+            if twins:
+                gaps = ", ".join(f"{p.j_per_request / best.j_per_request - 1:+.0%}" for p in twins)
+                lines.append(
+                    f"{', '.join(p.label for p in twins)} formed the same batches (mean batch within "
+                    f"{SAME_BATCHES:.0%}): their J/request differs from it by {gaps}, which is run-to-run "
+                    "noise, not a property of the setting; among them, the smallest cap bounds memory best."
+                )
         lines.append("")
     if failed:
         lines += ["## Failed configurations", ""]

@@ -224,3 +224,29 @@ def test_tiny_real_sweep_writes_its_csv_and_plots_and_resumes(tmp_path: Path) ->
     assert (out / "pareto.png").exists() and (out / "energy-vs-batch.png").exists()
     again = sweep.run_sweep(settings, trace, out, progress=False)
     assert (again.ran, again.skipped) == (0, 2)
+
+
+def test_configurations_that_formed_the_same_batches_are_named_as_noise(tmp_path: Path) -> None:
+    """At 10 req/s with a wait, caps of 16 and 64 both hold 10 requests: the summary must not let
+    their J/request difference pass for an effect of the cap."""
+    best = sweep.Point("m|b16|w1000", "m", False, 16, 1000.0, 1000.0, 0.10, "estimate", 10.0, 10.0, 0, 0)
+    twin = sweep.Point("m|b64|w1000", "m", False, 64, 1000.0, 1010.0, 0.12, "estimate", 10.0, 10.2, 0, 0)
+    other = sweep.Point("m|b16|w200", "m", False, 16, 200.0, 210.0, 0.30, "estimate", 10.0, 2.0, 0, 0)
+    rejected = sweep.Point("m|b32|w1000", "m", False, 32, 1000.0, 1000.0, 0.11, "estimate", 10.0, 10.0, 3, 0)
+    assert sweep.same_batches(best, [best, twin, other, rejected]) == [twin]
+
+    class SameBatches(FakeRunner):
+        def __call__(
+            self, config: SweepConfig, settings: SweepSettings, trace: Path, out: Path
+        ) -> dict[str, Any]:
+            row = super().__call__(config, settings, trace, out)
+            row.update(
+                latency_p99_ms=1000.0, mean_batch_size=10.0, j_per_request=0.1 * config.max_batch_size**0.1
+            )
+            return row
+
+    settings = SweepSettings(batch_sizes=("16", "64"), max_waits_ms=(1000,), p99_target_ms=2000.0)
+    sweep.run_sweep(settings, _trace(tmp_path), tmp_path / "out", runner=SameBatches(), progress=False)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Recommendation: **b16 w1000ms**" in summary
+    assert "b64 w1000ms formed the same batches" in summary and "+15%" in summary
