@@ -39,7 +39,7 @@ from rich.table import Table
 from loadgen.calibrate import Calibration, calibrate
 from loadgen.errors import LoadgenError
 from loadgen.profile import ModelProfile, profile_model, read_profile, write_profile
-from loadgen.simulate import SimConfig, simulate
+from loadgen.simulate import DEFAULT_TIMEOUT_MS, SimConfig, simulate
 from loadgen.sweep import CSV_NAME, SweepSettings, configurations, read_rows, run_sweep
 from loadgen.trace import Trace, bursty, read_trace, uniform_jitter, write_trace
 
@@ -124,7 +124,7 @@ def compare(
             max_batch_size=int(row["max_batch_size"]),
             max_wait_ms=float(row["max_wait_ms"]),
             max_queue=int(row["max_queue"]),
-            timeout_ms=timeout if timeout is not None else 30_000.0,
+            timeout_ms=timeout if timeout is not None else DEFAULT_TIMEOUT_MS,
         )
         config = calibration.apply(config.with_profile_overheads(profile))
         predicted = simulate(trace, profile, config).figures
@@ -155,7 +155,10 @@ def _pct(value: float | None) -> str:
 
 
 def render(report: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"simulator vs sweep (target ±{report['tolerance']:.0%})")
+    sources = sorted({c["measured"]["energy_source"] for c in report["comparisons"]})
+    table = Table(
+        title=f"simulator vs sweep (target ±{report['tolerance']:.0%}); energy source: {', '.join(sources)}"
+    )
     for column in (
         "trace",
         "configuration",

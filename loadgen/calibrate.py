@@ -72,7 +72,6 @@ class Calibration:
             service_cv=self.service_cv,
             energy_scale=self.energy_scale,
             energy_follows_time=True,
-            batch_overhead_j=0.0,
             overhead_j_per_request=0.0,  # in the batch's time, hence its energy
             post_batch_samples_ms=self.post_batch_samples_ms,
         )

@@ -80,14 +80,12 @@ class SimConfig:
       its queue entry (rejected requests were decoded too). Leave it at 0 for ``nvml``: the GPU's
       meter does not see CPU work.
 
-    * ``batch_overhead_j`` is energy added to every batch (what handing a batch over costs the
-      meter, whatever its size);
     * ``arrival_delay_ms`` lengthens the running batch for every request that reaches the server
       while it computes: decoding and HTTP compete with the model thread for the CPU and the GIL
       (what makes a served batch slower during a burst than at a steady rate);
     * ``energy_follows_time``: a batch's energy is ``energy_scale`` × the profile's power at its
-      size (J ÷ s) × the batch's simulated duration (with every cost above), + ``batch_overhead_j``:
-      a batch that computes longer draws power longer. Off: the profile's energy at its size,
+      size (J ÷ s) × the batch's simulated duration (with every cost above): a batch that
+      computes longer draws power longer. Off: the profile's energy at its size,
       whatever the duration;
     * ``post_batch_samples_ms``, when given, replaces ``post_batch_ms`` by a draw (seeded) from
       these measured values for each response: HTTP and the client have a tail of their own.
@@ -109,7 +107,6 @@ class SimConfig:
     pre_queue_ms: float = 0.0
     post_batch_ms: float = 0.0
     overhead_j_per_request: float = 0.0
-    batch_overhead_j: float = 0.0
     post_batch_samples_ms: tuple[float, ...] = ()
     arrival_delay_ms: float = 0.0
     energy_follows_time: bool = False
@@ -134,7 +131,6 @@ class SimConfig:
             "pre_queue_ms",
             "post_batch_ms",
             "overhead_j_per_request",
-            "batch_overhead_j",
             "arrival_delay_ms",
         ):
             value = getattr(self, name)
@@ -218,9 +214,7 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
         profile.latency_s(b) * config.compute_scale + config.batch_overhead_ms / 1000
         for b in range(1, size_limit + 1)
     ]
-    batch_j = [0.0] + [
-        profile.energy_j(b) * config.energy_scale + config.batch_overhead_j for b in range(1, size_limit + 1)
-    ]
+    batch_j = [0.0] + [profile.energy_j(b) * config.energy_scale for b in range(1, size_limit + 1)]
     power_w = [0.0] + [profile.energy_j(b) / profile.latency_s(b) for b in range(1, size_limit + 1)]
     arrival_delay_s = config.arrival_delay_ms / 1000
     members: list[list[int]] = []  # each batch's requests, to move their answers when it is lengthened
@@ -302,9 +296,7 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
         for index, size in enumerate(sizes):
             charged = energies[index] - batch_j[size]  # per-request overheads charged to it
             duration = ends[index] - starts[index]
-            energies[index] = (
-                config.energy_scale * power_w[size] * duration + config.batch_overhead_j + charged
-            )
+            energies[index] = config.energy_scale * power_w[size] * duration + charged
     return _result(times, status, done_s, starts, ends, sizes, energies, profile, config)
 
 

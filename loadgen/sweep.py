@@ -114,21 +114,14 @@ class SweepConfig:
 
 
 def check_model(name: str) -> None:
-    """:class:`GridError` unless ``name`` is a model greenserve can serve."""
-    if name in ("digits_cnn", "noop") or ":" in name:
-        return
-    import torchvision
-    from torchvision.models import list_models
+    """:class:`GridError` unless ``name`` is a model greenserve can serve (the server's own check)."""
+    from service.errors import ConfigurationError
+    from service.model import check_model_name
 
-    known = list_models(module=torchvision.models)
-    if name not in known:
-        import difflib
-
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise GridError(
-            f"unknown model {name!r}: not digits_cnn, noop or a torchvision classification model{hint}"
-        )
+    try:
+        check_model_name(name)
+    except ConfigurationError as exc:
+        raise GridError(str(exc)) from None
 
 
 def configurations(settings: SweepSettings) -> list[SweepConfig]:

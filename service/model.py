@@ -183,15 +183,10 @@ def _load_digits(settings: Settings, device: str) -> Classifier:
 
 
 def _load_torchvision(settings: Settings, device: str) -> Classifier:
-    import torchvision
-    from torchvision.models import get_model, get_model_weights, list_models
+    from torchvision.models import get_model, get_model_weights
 
     name = settings.model
-    known = list_models(module=torchvision.models)
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigurationError(f"unknown model {name!r}: not a torchvision classification model{hint}")
+    check_model_name(name)
     weights_enum: Any = get_model_weights(name)
     spec = settings.weights or "DEFAULT"
     default = weights_enum.DEFAULT
@@ -266,6 +261,22 @@ def _load_factory(settings: Settings) -> Classifier:
     if not isinstance(classifier, Classifier):
         raise ConfigurationError(f"{settings.model} returned {type(classifier).__name__}, not a Classifier")
     return classifier
+
+
+def check_model_name(name: str) -> None:
+    """:class:`ConfigurationError` unless ``name`` is a model greenserve can serve: the embedded
+    model, ``noop``, a ``module:factory``, or a torchvision classification architecture (with
+    close names suggested). Checks the name only; nothing is loaded."""
+    if name in (EMBEDDED_MODEL, "noop") or ":" in name:
+        return
+    import torchvision
+    from torchvision.models import list_models
+
+    known = list_models(module=torchvision.models)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigurationError(f"unknown model {name!r}: not a torchvision classification model{hint}")
 
 
 def load_classifier(settings: Settings) -> Classifier:

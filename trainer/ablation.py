@@ -44,10 +44,9 @@ from trainer.models import build_model, model_names
 from trainer.report import (
     ABLATION_COLUMNS,
     RUNS_CSV,
+    ResumableTable,
     ablation_report,
-    check_settings_file,
     format_bool,
-    write_json_atomic,
 )
 from trainer.training import TrainConfig, measure_idle_power_w, train
 
@@ -229,30 +228,17 @@ def designs(settings: AblationSettings) -> list[DesignRow]:
 class _Table:
     """What an existing output directory already holds (read before anything is written)."""
 
+    file: ResumableTable
     done: set[tuple[str, int]]
     sources: set[str]
-    exists: bool
-    complete_bytes: int  # length of the table up to its last complete line
-    has_settings: bool
 
 
 def _inspect_out_dir(out_dir: Path, fingerprint: dict[str, Any]) -> _Table:
     """Read what a previous run left in ``out_dir``; refuse a table made with other settings."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TrainerError(f"output path {out_dir} exists and is not a directory")
-    runs_csv, settings_json = out_dir / RUNS_CSV, out_dir / SETTINGS_JSON
-    has_settings = check_settings_file(settings_json, fingerprint, out_dir=out_dir, study="study")
-    if not runs_csv.exists():
-        return _Table(set(), set(), False, 0, has_settings)
-    if not has_settings:
-        raise TrainerError(
-            f"{runs_csv} exists without {SETTINGS_JSON}, so its settings are unknown; "
-            "use another output directory rather than mixing studies"
-        )
-    raw = runs_csv.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    reader = csv.DictReader(io.StringIO(complete.decode("utf-8")))
-    if tuple(reader.fieldnames or ()) != ABLATION_COLUMNS and complete:
+    file = ResumableTable.open(out_dir, RUNS_CSV, SETTINGS_JSON, fingerprint, study="study")
+    runs_csv = file.path
+    reader = csv.DictReader(io.StringIO(file.text))
+    if tuple(reader.fieldnames or ()) != ABLATION_COLUMNS and file.text:
         raise TrainerError(
             f"{runs_csv} has other columns than this version writes; use another output directory"
         )
@@ -266,7 +252,7 @@ def _inspect_out_dir(out_dir: Path, fingerprint: dict[str, Any]) -> _Table:
                 f"{runs_csv}, line {line}: not a run ({row!r}); fix or move the table"
             ) from None
         sources.add(row["energy_source"])
-    return _Table(done, sources, True, len(complete), has_settings)
+    return _Table(file, done, sources)
 
 
 def _load_data(s: AblationSettings) -> Dataset:
@@ -356,26 +342,14 @@ def run_ablation(settings: AblationSettings, out_dir: Path, *, progress: bool = 
     if s.threads is not None:
         torch.set_num_threads(s.threads)
     try:
-        if table.sources - {meter.source}:
-            raise TrainerError(
-                f"{runs_csv} holds runs measured by {', '.join(sorted(table.sources))}, but this machine now "
-                f"gives {meter.source!r}; refusing to mix energy sources in one table"
-            )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not table.has_settings:
-            write_json_atomic(out_dir / SETTINGS_JSON, fingerprint)
-        if table.exists and table.complete_bytes < runs_csv.stat().st_size:
-            logger.warning(
-                "dropping a half-written last line of %s (the study was killed mid-write)", runs_csv
-            )
-            os.truncate(runs_csv, table.complete_bytes)
+        table.file.prepare(sources=table.sources, meter_source=meter.source, rows="runs")
         if table.done:
             logger.info(
                 "resuming %s: %d of %d runs done, %d to go", runs_csv, len(table.done), len(plan), len(todo)
             )
         with runs_csv.open("a", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(ABLATION_COLUMNS), lineterminator="\n")
-            if table.complete_bytes == 0:
+            if table.file.complete_bytes == 0:
                 writer.writeheader()
                 f.flush()
             idle_w = 0.0

@@ -113,6 +113,62 @@ def check_settings_file(
     return True
 
 
+@dataclass(frozen=True)
+class ResumableTable:
+    """A resumable study's CSV table as a previous run left it, read before anything is written.
+
+    The studies (ablation, zoo) append one row per finished unit, so a killed run leaves the
+    table's complete lines plus perhaps half a line: ``text`` holds the complete ones, and
+    :meth:`prepare` cuts the rest off before the study appends again.
+    """
+
+    path: Path
+    settings_json: Path
+    fingerprint: Mapping[str, Any]
+    text: str  # the complete lines ("" when the table does not exist)
+    complete_bytes: int  # their length in bytes
+    exists: bool
+    has_settings: bool
+
+    @classmethod
+    def open(
+        cls, out_dir: Path, table_name: str, settings_name: str, fingerprint: Mapping[str, Any], *, study: str
+    ) -> ResumableTable:
+        """Read ``out_dir``'s table; refuse one made with other settings, or without a settings file."""
+        if out_dir.exists() and not out_dir.is_dir():
+            raise TrainerError(f"output path {out_dir} exists and is not a directory")
+        path, settings_json = out_dir / table_name, out_dir / settings_name
+        has_settings = check_settings_file(settings_json, fingerprint, out_dir=out_dir, study=study)
+        if not path.exists():
+            return cls(path, settings_json, fingerprint, "", 0, False, has_settings)
+        if not has_settings:
+            raise TrainerError(
+                f"{path} exists without {settings_name}, so its settings are unknown; "
+                "use another --out rather than mixing studies"
+            )
+        raw = path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        return cls(path, settings_json, fingerprint, complete.decode("utf-8"), len(complete), True, True)
+
+    def prepare(self, *, sources: set[str], meter_source: str, rows: str) -> None:
+        """Before appending: refuse to mix energy sources in one table (``rows`` names what its rows
+        are, for the message), create the directory, write the settings file, and cut off a
+        half-written last line."""
+        if sources - {meter_source}:
+            raise TrainerError(
+                f"{self.path} holds {rows} measured by {', '.join(sorted(sources))}, but this machine now "
+                f"gives {meter_source!r}; refusing to mix energy sources in one table"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.has_settings:
+            write_json_atomic(self.settings_json, dict(self.fingerprint))
+        if self.exists and self.complete_bytes < self.path.stat().st_size:
+            logger.warning(
+                "dropping a half-written last line of %s (the study was killed mid-write)", self.path
+            )
+            os.truncate(self.path, self.complete_bytes)
+
+
 def save_figure_atomic(fig: Figure, path: Path, *, dpi: int = 120) -> Path:
     """Render ``fig`` as PNG to ``path`` atomically; return ``path``."""
     return _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

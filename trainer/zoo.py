@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import energy
 from energy.profile import BatchProfileError, check_batch_sizes
 from trainer.errors import TrainerError
-from trainer.report import check_settings_file, write_csv_atomic, write_json_atomic
+from trainer.report import ResumableTable, write_csv_atomic
 from trainer.zoo_catalog import CATALOGUE, QUICK_MODELS, ZooModel, lookup
 from trainer.zoo_report import (
     DONE_STATUSES,
@@ -345,10 +345,8 @@ def format_estimate(est: Estimate) -> str:
 class _Table:
     """What an existing output directory already holds (read before anything is written)."""
 
+    file: ResumableTable
     rows: dict[tuple[str, int], dict[str, Any]]
-    exists: bool
-    complete_bytes: int  # length of the table up to its last complete line
-    has_settings: bool
 
     @property
     def done(self) -> dict[tuple[str, int], dict[str, Any]]:
@@ -363,21 +361,9 @@ class _Table:
 
 def _inspect_out_dir(out_dir: Path, fingerprint: dict[str, Any]) -> _Table:
     """Read what a previous run left in ``out_dir``; refuse a table made with other settings."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TrainerError(f"output path {out_dir} exists and is not a directory")
-    table_csv, settings_json = out_dir / MEASUREMENTS_CSV, out_dir / SETTINGS_JSON
-    has_settings = check_settings_file(settings_json, fingerprint, out_dir=out_dir, study="zoo study")
-    if not table_csv.exists():
-        return _Table({}, False, 0, has_settings)
-    if not has_settings:
-        raise TrainerError(
-            f"{table_csv} exists without {SETTINGS_JSON}, so its settings are unknown; "
-            "use another --out rather than mixing studies"
-        )
-    raw = table_csv.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    rows = read_zoo_table(table_csv, text=complete.decode("utf-8")) if complete else []
-    return _Table({(r["model"], r["batch_size"]): r for r in rows}, True, len(complete), has_settings)
+    file = ResumableTable.open(out_dir, MEASUREMENTS_CSV, SETTINGS_JSON, fingerprint, study="zoo study")
+    rows = read_zoo_table(file.path, text=file.text) if file.text else []
+    return _Table(file, {(r["model"], r["batch_size"]): r for r in rows})
 
 
 def _check_device(device: str) -> None:
@@ -633,19 +619,7 @@ def run_zoo(settings: ZooSettings, out_dir: Path, *, progress: bool = True) -> P
     torch.set_num_threads(s.torch_threads)
     started = time.monotonic()
     try:
-        if table.sources - {meter.source}:
-            raise TrainerError(
-                f"{table_csv} holds cells measured by {', '.join(sorted(table.sources))}, but this machine "
-                f"now gives {meter.source!r}; refusing to mix energy sources in one table"
-            )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not table.has_settings:
-            write_json_atomic(out_dir / SETTINGS_JSON, fingerprint)
-        if table.exists and table.complete_bytes < table_csv.stat().st_size:
-            logger.warning(
-                "dropping a half-written last line of %s (the study was killed mid-write)", table_csv
-            )
-            os.truncate(table_csv, table.complete_bytes)
+        table.file.prepare(sources=table.sources, meter_source=meter.source, rows="cells")
         total = len(s.models) * len(s.batch_sizes)
         planned_done = sum((m.name, b) in done for m in s.models for b in s.batch_sizes)
         if planned_done:
@@ -653,7 +627,7 @@ def run_zoo(settings: ZooSettings, out_dir: Path, *, progress: bool = True) -> P
         rows = dict(table.rows)
         with table_csv.open("a", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(ZOO_COLUMNS), lineterminator="\n")
-            if table.complete_bytes == 0:
+            if table.file.complete_bytes == 0:
                 writer.writeheader()
                 f.flush()
 
