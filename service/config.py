@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     # --- network ---
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description=(
+            "How long an idle keep-alive connection stays open. Longer than the clients' own pool "
+            "expiry (httpx 5 s), so the server never closes a connection a client is reusing."
+        ),
+    )
 
     # --- model ---
     model: str = Field(

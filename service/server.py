@@ -61,6 +61,9 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,  # ours is structured and carries the request id
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        # uvicorn's 5 s default equals httpx's pool expiry: a client reusing a connection idle for
+        # about 5 s raced the server closing it and got a reset (ECONNRESET) instead of an answer.
+        timeout_keep_alive=settings.keep_alive_s,
         lifespan="on",
     )
     server = GreenServer(config, app)

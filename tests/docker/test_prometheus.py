@@ -18,7 +18,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,12 +332,18 @@ async def send_load(url: str) -> collections.Counter[int]:
         async def configure(**settings: float) -> None:
             (await client.put("/v1/batching", json=settings)).raise_for_status()
 
+        async def together(*requests: Coroutine[Any, Any, None]) -> None:
+            # Every request ends before the first failure is raised: none is left holding a socket.
+            for outcome in await asyncio.gather(*requests, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
         for _ in range(10):
             bad = (classify(b"not a png"), classify(b""))
-            await asyncio.gather(*(classify(image) for image in images), *bad)
+            await together(*(classify(image) for image in images), *bad)
             await asyncio.sleep(0.3)
         await configure(max_batch_size=64, max_wait_ms=500)
-        await asyncio.gather(*(classify(images[i % len(images)]) for i in range(48)))
+        await together(*(classify(images[i % len(images)]) for i in range(48)))
         await configure(
             max_batch_size=SERVER_BATCHING["max_batch_size"], max_wait_ms=SERVER_BATCHING["max_wait_ms"]
         )
@@ -363,7 +369,13 @@ def stack(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -> I
         with prometheus_process(prometheus_binary, config, tmp) as prometheus:
             if not prometheus.wait_for(lambda: bool(prometheus.query("up == 1")), timeout_s=30):
                 pytest.fail(f"prometheus never scraped {target}:\n{prometheus.log()}")
-            statuses = asyncio.run(send_load(server.url))
+            try:
+                statuses = asyncio.run(send_load(server.url))
+            except httpx.TransportError as exc:
+                state = "running" if server.process.poll() is None else f"exited {server.process.returncode}"
+                pytest.fail(
+                    f"greenserve dropped a request ({exc!r}); server {state}, log:\n{server.log()[-4000:]}"
+                )
             assert {200, 400, 429, 504} <= set(statuses), statuses
             recorded = [rule["record"] for rule in recording_rules()]
             # Not asserted here: a rule that never yields data is reported by its own test, by name.

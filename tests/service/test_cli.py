@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -40,11 +41,18 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"energy_source": "solar"}, "energy_source"),
         ({"labels_file": "/nonexistent/labels.txt"}, "does not exist"),
         ({"watts_per_core": 0}, "watts_per_core"),
+        ({"keep_alive_s": 0}, "keep_alive_s"),
     ],
 )
 def test_bad_settings_are_refused_with_the_value_named(overrides: dict[str, object], fragment: str) -> None:
     with pytest.raises(ValidationError, match=fragment):
         Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_default_keep_alive_outlasts_client_pools() -> None:
+    """A pooled client reuses a connection until its own expiry; a server closing it first races the
+    client's next request (a reset instead of an answer). httpx's expiry is the shortest we meet."""
+    assert Settings().keep_alive_s > httpx.Limits().keepalive_expiry + 1  # type: ignore[operator]
 
 
 def test_serve_with_bad_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

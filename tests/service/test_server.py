@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -159,3 +161,34 @@ def test_client_that_disconnects_while_queued_is_never_computed(tmp_path: Path) 
         assert metric(text, "greenserve_batch_size_count") == 1  # only the first request was computed
         assert metric(text, "greenserve_requests_total", '{status="499"}') == 1
         assert metric(text, "greenserve_queue_depth") == 0
+
+
+def _get_on(connection: http.client.HTTPConnection, path: str) -> int | None:
+    """One request on the connection as it is (never reopened): its status, None if it was closed."""
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        return None
+
+
+def test_keep_alive_s_sets_how_long_idle_connections_stay_open(tmp_path: Path) -> None:
+    """Wired to uvicorn: an idle connection is reused within keep_alive_s and closed after it.
+
+    (The default, above the clients' pool expiry, is checked in tests/service/test_config.py.)
+    """
+    with server_process(tmp_path, "--keep-alive-s", "2") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.auto_open = False  # a closed connection fails instead of being opened again
+        connection.connect()
+        try:
+            assert _get_on(connection, "/healthz") == 200
+            time.sleep(1.0)
+            assert _get_on(connection, "/healthz") == 200  # the same connection, idle 1 s
+            time.sleep(3.0)
+            assert _get_on(connection, "/healthz") is None  # closed by the server after 2 s idle
+        finally:
+            connection.close()
