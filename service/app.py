@@ -87,7 +87,7 @@ async def _warm_up(state: ServerState) -> None:
     if state.settings.warmup:
         try:
             sizes = (1, state.batcher.config.max_batch_size)
-            await asyncio.get_running_loop().run_in_executor(None, state.engine.warm_up, sizes)
+            await state.engine.warm_up(sizes)
         except Exception as exc:
             logger.exception("warm-up failed; the server stays unready")
             state.failure = f"warm-up failed: {exc.__class__.__name__}: {exc}"

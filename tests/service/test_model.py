@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +136,38 @@ def test_noop_classifier_and_engine_energy_split() -> None:
     assert source == "estimate" and size == 4
     assert sum(i.energy_j for i in items) == pytest.approx(batch_j)
     assert len(items[0].indices) == 10
+
+
+class _ThreadRecorder(NoopClassifier):
+    """Records which thread ran each batch, and its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def predict(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        self.calls.append((threading.current_thread().name, len(batch)))
+        time.sleep(0.01)  # long enough that one thread cannot take two jobs of a round
+        return super().predict(batch)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+async def test_warm_up_runs_each_size_in_every_thread_that_will_serve(workers: int) -> None:
+    """Thread-local state (torch/oneDNN scratch, the OpenMP team) is warmed only in the thread that
+    ran: warming elsewhere left the first served batch cold."""
+    from energy import EnergySampler, create_meter
+
+    classifier = _ThreadRecorder()
+    engine = InferenceEngine(classifier, EnergySampler(create_meter("estimate")), workers=workers)
+    try:
+        await engine.warm_up((1, 8))
+        warmed = {(thread, size) for thread, size in classifier.calls}
+        threads = {thread for thread, _ in warmed}
+        assert len(threads) == workers
+        assert warmed == {(thread, size) for thread in threads for size in (1, 8)}
+        assert all(thread.startswith("model") for thread in threads)
+        classifier.calls.clear()
+        await asyncio.gather(*(engine.run_batch([torch.zeros(1)] * 2) for _ in range(workers)))
+        assert {thread for thread, _ in classifier.calls} <= threads  # served by warmed threads
+    finally:
+        engine.close()
