@@ -88,7 +88,10 @@ class SimConfig:
       computes longer draws power longer. Off: the profile's energy at its size,
       whatever the duration;
     * ``post_batch_samples_ms``, when given, replaces ``post_batch_ms`` by a draw (seeded) from
-      these measured values for each response: HTTP and the client have a tail of their own.
+      these measured values for each response: HTTP and the client have a tail of their own;
+    * ``post_per_rank_ms`` delays the k-th response of a batch (from 0, in the batch's order) by
+      k × this: the event loop sends a batch's responses one after another, so the last answer
+      of a batch of 30 leaves several ms after the first.
 
     :meth:`with_profile_overheads` fills ``pre_queue_ms`` and ``overhead_j_per_request`` from a
     profile. Bad values are a :class:`GridError` naming the value.
@@ -110,6 +113,7 @@ class SimConfig:
     post_batch_samples_ms: tuple[float, ...] = ()
     arrival_delay_ms: float = 0.0
     energy_follows_time: bool = False
+    post_per_rank_ms: float = 0.0
 
     def __post_init__(self) -> None:
         # The server's ranges (service.batching.BatchingConfig and service.config.Settings).
@@ -132,6 +136,7 @@ class SimConfig:
             "post_batch_ms",
             "overhead_j_per_request",
             "arrival_delay_ms",
+            "post_per_rank_ms",
         ):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
@@ -227,6 +232,7 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
     deadline = [math.inf] * n if timeout_s is None else [t + timeout_s for t in times]
     status = [0] * n
     done_s = [0.0] * n
+    rank = [0] * n  # position in its batch: the order its response is sent in
     queue: deque[int] = deque()
     running: list[tuple[float, int]] = []  # heap of (end time, batch index)
     starts: list[float] = []
@@ -281,10 +287,11 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
             size = min(size_limit, len(queue))
             end = now + service_s[size] * (1.0 if rng is None else float(rng.gamma(shape, 1.0 / shape)))
             members.append([])
-            for _ in range(size):
+            for position in range(size):
                 item = queue.popleft()
                 status[item] = 200
                 done_s[item] = end
+                rank[item] = position
                 members[-1].append(item)
             heapq.heappush(running, (end, len(starts)))
             starts.append(now)
@@ -297,13 +304,14 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
             charged = energies[index] - batch_j[size]  # per-request overheads charged to it
             duration = ends[index] - starts[index]
             energies[index] = config.energy_scale * power_w[size] * duration + charged
-    return _result(times, status, done_s, starts, ends, sizes, energies, profile, config)
+    return _result(times, status, done_s, rank, starts, ends, sizes, energies, profile, config)
 
 
 def _result(
     times: Sequence[float],
     status: list[int],
     done_s: list[float],
+    rank: list[int],
     starts: list[float],
     ends: list[float],
     sizes: list[int],
@@ -322,6 +330,8 @@ def _result(
         post = [float(d) / 1000 for d in draws]
     else:
         post = [post_s] * len(answered)
+    if config.post_per_rank_ms:
+        post = [p + rank[i] * config.post_per_rank_ms / 1000 for p, i in zip(post, answered, strict=True)]
     latencies = tuple(done_s[i] + post[k] - times[i] for k, i in enumerate(answered))
     completed = len(latencies)
     span = max(done_s[i] + post[k] for k, i in enumerate(answered)) - times[0] if answered else 0.0

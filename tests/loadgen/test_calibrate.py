@@ -113,7 +113,9 @@ def test_calibration_formulas_by_hand(tmp_path: Path) -> None:
 
 def test_calibration_fits_size_and_arrival_costs_by_hand(tmp_path: Path) -> None:
     """Batches of 1 and 2; some with a request arriving while they compute. Served time =
-    1.5 × profile + 2 ms + 3 ms per arrival, exactly: the fit must find those three numbers."""
+    1.5 × profile + 2 ms + 3 ms per arrival; energy = 0.8 × the profile's 10 W over that time +
+    0.05 J per arrival; a batch's second answer leaves 0.5 ms after its first, each 6 ms after the
+    batch. Exactly: the fits must find those numbers."""
     run = tmp_path / "run"
     _run_dir(tmp_path, [10.0])  # the summary and trace; requests rewritten below
     rows = []
@@ -122,9 +124,10 @@ def test_calibration_fits_size_and_arrival_costs_by_hand(tmp_path: Path) -> None
     for size, arrival in [(1, False), (2, False), (1, True), (2, True), (1, False), (2, True)]:
         profile_ms = 10.0 if size == 1 else 16.0
         compute = 1.5 * profile_ms + 2.0 + (3.0 if arrival else 0.0)
-        for _ in range(size):  # sent at t, decoded by t + 1 ms, computing from t + 1.5 ms
-            latency = 1.0 + 0.5 + compute + 6.0
-            rows.append([index, "200", size, latency, 0.5, compute, 0.01, t, t + latency / 1000])
+        energy = 0.8 * 10.0 * compute / 1000 + (0.05 if arrival else 0.0)
+        for rank in range(size):  # sent at t, decoded by t + 1 ms, computing from t + 1.5 ms
+            latency = 1.0 + 0.5 + compute + 6.0 + 0.5 * rank
+            rows.append([index, "200", size, latency, 0.5, compute, energy / size, t, t + latency / 1000])
             index += 1
         if arrival:  # one more request, decoded 2.5 ms after this batch started (any answer)
             rows.append([index, "404", 1, 0, 0, 0, 0, t + 0.003, 0])
@@ -152,6 +155,15 @@ def test_calibration_fits_size_and_arrival_costs_by_hand(tmp_path: Path) -> None
     assert cal.batch_overhead_ms == pytest.approx(2.0)
     assert cal.arrival_delay_ms == pytest.approx(3.0)
     assert cal.service_cv == pytest.approx(0.0, abs=1e-9)
+    assert cal.energy_scale == pytest.approx(0.8)
+    assert cal.arrival_energy_j == pytest.approx(0.05)
+    assert cal.post_per_rank_ms == pytest.approx(0.5)
+    assert cal.post_batch_samples_ms == pytest.approx((6.0,) * 9)
+    config = cal.apply(SimConfig())
+    assert (config.overhead_j_per_request, config.post_per_rank_ms) == (
+        cal.arrival_energy_j,
+        cal.post_per_rank_ms,
+    )
 
 
 def test_calibration_refuses_a_run_of_another_meter_or_without_answers(tmp_path: Path) -> None:

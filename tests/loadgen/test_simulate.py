@@ -177,6 +177,23 @@ def test_costs_outside_the_profile() -> None:
     assert result.figures.throughput_rps == pytest.approx(4 / 0.088)
 
 
+def test_responses_of_a_batch_leave_one_after_another() -> None:
+    # As test_costs_outside_the_profile, with each response 3 ms after the one before it: the
+    # batch's requests in queue order answer at 86 + 2, + 5, + 8, + 11.
+    config = SimConfig(
+        max_batch_size=4,
+        max_wait_ms=50,
+        compute_scale=2.0,
+        batch_overhead_ms=1.0,
+        pre_queue_ms=5,
+        post_batch_ms=2,
+        post_per_rank_ms=3,
+    )
+    result = simulate(every_10_ms(4), constant_latency(), config)
+    assert ms(result.latencies_s) == [88, 81, 74, 67]
+    assert result.figures.throughput_rps == pytest.approx(4 / 0.097)
+
+
 def test_overhead_energy_goes_to_the_batch_running_at_queue_entry() -> None:
     # As test_full_batches_cut_by_size: batches 30-55, 70-95, 110-135. Arrivals 40, 50 land in the
     # first, 80, 90 in the second; 30, 70, 110 are queued just before their own cut, and 60 and 100
