@@ -8,6 +8,7 @@ completion can be worked out on paper; the timeline is in each test's comment.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -160,35 +161,29 @@ def test_two_concurrent_batches() -> None:
     assert result.busy_fraction == pytest.approx(6 * 25 / 85)
 
 
+# Batches take 2 × 25 + 1 = 51 ms; queue entry 5 ms after arrival; responses 2 ms after the end.
+OVERHEADS = SimConfig(
+    max_batch_size=4,
+    max_wait_ms=50,
+    compute_scale=2.0,
+    batch_overhead_ms=1.0,
+    pre_queue_ms=5,
+    post_batch_ms=2,
+)
+
+
 def test_costs_outside_the_profile() -> None:
-    # Batches take 2 × 25 + 1 = 51 ms; queue entry 5 ms after arrival; responses 2 ms after the end.
     # max 4, wait 50: the batch fills at 35 (30 + 5) and ends at 86; latencies 86 + 2 - arrival.
-    config = SimConfig(
-        max_batch_size=4,
-        max_wait_ms=50,
-        compute_scale=2.0,
-        batch_overhead_ms=1.0,
-        pre_queue_ms=5,
-        post_batch_ms=2,
-    )
-    result = simulate(every_10_ms(4), constant_latency(), config)
+    result = simulate(every_10_ms(4), constant_latency(), OVERHEADS)
     assert batches(result) == [(35, 86, 4)]
     assert ms(result.latencies_s) == [88, 78, 68, 58]
     assert result.figures.throughput_rps == pytest.approx(4 / 0.088)
 
 
 def test_responses_of_a_batch_leave_one_after_another() -> None:
-    # As test_costs_outside_the_profile, with each response 3 ms after the one before it: the
-    # batch's requests in queue order answer at 86 + 2, + 5, + 8, + 11.
-    config = SimConfig(
-        max_batch_size=4,
-        max_wait_ms=50,
-        compute_scale=2.0,
-        batch_overhead_ms=1.0,
-        pre_queue_ms=5,
-        post_batch_ms=2,
-        post_per_rank_ms=3,
-    )
+    # As above, with each response 3 ms after the one before it: the batch's requests in queue
+    # order answer at 86 + 2, + 5, + 8, + 11.
+    config = dataclasses.replace(OVERHEADS, post_per_rank_ms=3)
     result = simulate(every_10_ms(4), constant_latency(), config)
     assert ms(result.latencies_s) == [88, 81, 74, 67]
     assert result.figures.throughput_rps == pytest.approx(4 / 0.097)
