@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 import energy
 from trainer.data import Dataset, dataset_names, load_dataset
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, check_energy_settings
 from trainer.models import build_model, model_names
 from trainer.report import (
     ABLATION_COLUMNS,
@@ -128,11 +128,7 @@ class AblationSettings:
             )
         if self.model not in model_names():
             raise TrainerError(f"unknown model {self.model!r}; choose one of {', '.join(model_names())}")
-        if self.energy_source not in energy.SOURCE_CHOICES:
-            choices = ", ".join(energy.SOURCE_CHOICES)
-            raise TrainerError(f"unknown energy source {self.energy_source!r}; choose one of {choices}")
-        if self.watts_per_core is not None and not self.watts_per_core > 0:
-            raise TrainerError(f"watts_per_core must be > 0, got {self.watts_per_core!r}")
+        check_energy_settings(self.energy_source, self.watts_per_core)
         self.train_config(seed=self.seed)  # TrainConfig's own checks (lr > 0, ...)
 
     def resolved(self) -> AblationSettings:

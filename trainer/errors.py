@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 
 class TrainerError(ValueError):
     """A user error in a training experiment's settings or data (the CLI prints it and exits 2)."""
+
+
+def check_energy_settings(energy_source: str, watts_per_core: float | None) -> None:
+    """The energy settings every study shares: a known source, and a finite ``watts_per_core`` > 0."""
+    from energy import SOURCE_CHOICES
+
+    if energy_source not in SOURCE_CHOICES:
+        choices = ", ".join(SOURCE_CHOICES)
+        raise TrainerError(f"unknown energy source {energy_source!r}; choose one of {choices}")
+    if watts_per_core is not None and not (math.isfinite(watts_per_core) and watts_per_core > 0):
+        raise TrainerError(f"watts_per_core must be a finite number > 0, got {watts_per_core!r}")

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 import energy
 from trainer.data import Dataset, dataset_names, load_dataset
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, check_energy_settings
 from trainer.models import build_model, model_names
 from trainer.training import TrainConfig, measure_idle_power_w, train
 
@@ -261,13 +261,7 @@ class HpoSettings:
             raise TrainerError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
         if not (math.isfinite(self.idle_s) and self.idle_s >= 0):
             raise TrainerError(f"idle_s must be a finite number ≥ 0, got {self.idle_s!r}")
-        if self.energy_source not in energy.SOURCE_CHOICES:
-            choices = ", ".join(energy.SOURCE_CHOICES)
-            raise TrainerError(f"unknown energy source {self.energy_source!r}; choose one of {choices}")
-        if self.watts_per_core is not None and not (
-            math.isfinite(self.watts_per_core) and self.watts_per_core > 0
-        ):
-            raise TrainerError(f"watts_per_core must be a finite number > 0, got {self.watts_per_core!r}")
+        check_energy_settings(self.energy_source, self.watts_per_core)
         try:
             device = torch.device(self.device)
         except (RuntimeError, ValueError) as exc:

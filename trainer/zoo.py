@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import energy
 from energy.profile import BatchProfileError, check_batch_sizes
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, check_energy_settings
 from trainer.report import ResumableTable, write_csv_atomic
 from trainer.zoo_catalog import CATALOGUE, QUICK_MODELS, ZooModel, lookup
 from trainer.zoo_report import (
@@ -165,13 +165,7 @@ class ZooSettings:
             raise TrainerError(f"size_budget_s must be > 0 (inf: no budget), got {self.size_budget_s!r}")
         if not self.device:
             raise TrainerError("device must not be empty")
-        if self.energy_source not in energy.SOURCE_CHOICES:
-            choices = ", ".join(energy.SOURCE_CHOICES)
-            raise TrainerError(f"unknown energy source {self.energy_source!r}; choose one of {choices}")
-        if self.watts_per_core is not None and not (
-            math.isfinite(self.watts_per_core) and self.watts_per_core > 0
-        ):
-            raise TrainerError(f"watts_per_core must be a finite number > 0, got {self.watts_per_core!r}")
+        check_energy_settings(self.energy_source, self.watts_per_core)
         if self.allocator not in ALLOCATOR_MODES:
             raise TrainerError(
                 f"unknown allocator {self.allocator!r}; choose one of {', '.join(ALLOCATOR_MODES)}"

@@ -32,6 +32,15 @@ PROFILE = ModelProfile(
 )
 
 
+def _write_requests(run: Path, rows: list[list[object]]) -> None:
+    """``requests.csv`` as the locustfile writes it (the columns calibration reads)."""
+    columns = ["index", "status", "batch_size", "latency_ms", "queue_ms", "compute_ms", "energy_j"]
+    with (run / "requests.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*columns, "start_s", "end_s"])
+        writer.writerows(rows)
+
+
 def _run_dir(tmp_path: Path, compute_ms: list[float], *, j_per_request: float = 0.2) -> Path:
     """A load test's output as the locustfile writes it: 4 arrivals 100 ms apart, greedy, batches of 1."""
     trace = write_trace(Trace.from_times([0.0, 0.1, 0.2, 0.3]), tmp_path / "trace.jsonl")
@@ -68,28 +77,13 @@ def _run_dir(tmp_path: Path, compute_ms: list[float], *, j_per_request: float = 
         "files": {},
     }
     (run / "summary.json").write_text(json.dumps(summary))
-    with (run / "requests.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "index",
-                "status",
-                "batch_size",
-                "latency_ms",
-                "queue_ms",
-                "compute_ms",
-                "energy_j",
-                "start_s",
-                "end_s",
-            ]
-        )
-        for i, compute in enumerate(compute_ms):
-            # latency = 1 ms decode (the profile's) + 0.5 ms queue + compute + 6 ms of HTTP and client
-            latency = 1.0 + 0.5 + compute + 6.0
-            start = i * 0.1
-            writer.writerow(
-                [i, "200", "1", latency, 0.5, compute, j_per_request, start, start + latency / 1000]
-            )
+    rows = []
+    for i, compute in enumerate(compute_ms):
+        # latency = 1 ms decode (the profile's) + 0.5 ms queue + compute + 6 ms of HTTP and client
+        latency = 1.0 + 0.5 + compute + 6.0
+        start = i * 0.1
+        rows.append([i, "200", "1", latency, 0.5, compute, j_per_request, start, start + latency / 1000])
+    _write_requests(run, rows)
     return run
 
 
@@ -133,22 +127,7 @@ def test_calibration_fits_size_and_arrival_costs_by_hand(tmp_path: Path) -> None
             rows.append([index, "404", 1, 0, 0, 0, 0, t + 0.003, 0])
             index += 1
         t += 1.0
-    with (run / "requests.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "index",
-                "status",
-                "batch_size",
-                "latency_ms",
-                "queue_ms",
-                "compute_ms",
-                "energy_j",
-                "start_s",
-                "end_s",
-            ]
-        )
-        writer.writerows(rows)
+    _write_requests(run, rows)
     cal = calibrate(PROFILE, [run])
     assert cal.batches == 6 and cal.batch_sizes == (1, 2)
     assert cal.compute_scale == pytest.approx(1.5)
