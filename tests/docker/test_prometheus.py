@@ -207,9 +207,12 @@ def test_every_recording_rule_has_a_value_test() -> None:
 
 
 def test_rules_follow_the_conventions() -> None:
-    """level:metric:operations names, and alerts that say how bad, for how long, and what to do."""
+    """level:metric:operations names, and alerts that say how bad, for how long, and what to do.
+
+    The level starts with `instance` (one replica's figure) or `job` (the job's, across its replicas).
+    """
     for rule in recording_rules():
-        assert re.fullmatch(r"instance(_[a-z]+)*:greenserve_[a-z0-9_]+:[a-z0-9_]+", rule["record"]), rule
+        assert re.fullmatch(r"(instance|job)(_[a-z]+)*:greenserve_[a-z0-9_]+:[a-z0-9_]+", rule["record"]), rule
     for rule in alerting_rules():
         assert rule["alert"].startswith("Greenserve"), rule
         assert rule.get("for"), rule
