@@ -287,6 +287,10 @@ def test_dashboard_covers_the_contract() -> None:
         "greenserve_queue_wait_seconds",
         "greenserve_batch_size_bucket",
         "greenserve_energy_joules_per_request",
+        "greenserve_device_energy_joules_per_request",
+        "greenserve_stage_energy_joules",
+        "greenserve_idle_energy_joules",
+        "greenserve_energy_read_errors_total",
         "greenserve_device_energy_joules",
         "greenserve_power_watts",
         "greenserve_rejected_total",
@@ -294,6 +298,95 @@ def test_dashboard_covers_the_contract() -> None:
         "greenserve_model_info",
     ):
         assert needed in exprs, needed
+
+
+def test_dashboard_shows_attributed_and_amortised_energy_per_request() -> None:
+    """Both J/request figures, each saying what it includes, so that neither is read as the other."""
+    by_title = {panel["title"]: panel for panel in panels()}
+    attributed = [panel for title, panel in by_title.items() if "attributed" in title.lower()]
+    amortised = [panel for title, panel in by_title.items() if "amortised" in title.lower()]
+    assert attributed and amortised, sorted(by_title)
+    for panel in attributed:
+        assert "idle" in panel["description"].lower(), panel["title"]
+    for panel in amortised:
+        assert "idle" in panel["description"].lower(), panel["title"]
+        assert "max by" in panel["description"].lower() or "once" in panel["description"].lower()
+    exprs = {target["expr"] for panel in amortised for target in panel["targets"]}
+    assert any("greenserve_device_energy_joules_per_request" in expr for expr in exprs), exprs
+
+
+# Two replicas on one host, both reading the same RAPL package (30 W) and DRAM (3 W); replica a started
+# earlier, so its counters are higher at the same rate. They answer 2 and 1 requests/s and attribute 2 W and
+# 1 W to them. Scraped every 15 s, as in docker/prometheus/tests/.
+_SHARED_HOST = 'job="greenserve", instance="host:800{replica}"'
+SHARED_DEVICE_SERIES = [
+    {"series": f"greenserve_{metric}{{{_SHARED_HOST.format(replica=replica)}{labels}}}", "values": values}
+    for replica, offset, requests, attributed in ((0, 1, 30, 30), (1, 0, 15, 15))
+    for metric, labels, values in (
+        ("requests_total", ', status="200"', f"0+{requests}x40"),
+        ("device_energy_joules_total", ', source="rapl", device="3f2a9c1e:package-0"', f"{offset * 9000}+450x40"),
+        ("device_energy_joules_total", ', source="rapl", device="3f2a9c1e:dram-0"', f"{offset * 900}+45x40"),
+        ("power_watts", ', source="rapl", device="3f2a9c1e:package-0"', "30x40"),
+        ("power_watts", ', source="rapl", device="3f2a9c1e:dram-0"', "3x40"),
+        ("stage_energy_joules_total", ', stage="model", source="rapl"', f"0+{attributed}x40"),
+        ("stage_energy_joules_total", ', stage="decode", source="rapl"', "0x40"),
+        ("stage_energy_joules_total", ', stage="serving", source="rapl"', "0x40"),
+        ("idle_energy_joules_total", ', source="rapl", device="3f2a9c1e:package-0"', f"0+{450 - attributed}x40"),
+        ("idle_energy_joules_total", ', source="rapl", device="3f2a9c1e:dram-0"', "0+45x40"),
+        ("batch_energy_joules_total", ', source="rapl"', f"0+{attributed}x40"),
+    )
+]
+# What each dashboard query of device energy or power adds up to in that scenario (summed over its series, at
+# 5 m): every device once. Counted once per replica, each would be larger (66 W, 22 J, 60 W, 0.00825 kWh).
+# A query that is not a cross-replica total says why instead of a number.
+SHARED_DEVICE_TOTALS: dict[tuple[str, str], float | str] = {
+    ("Power per device (W)", "A"): 33.0,
+    ("Power per device (W)", "B"): 33.0,
+    ("Power per device (W)", "C"): 33.0,
+    ("Energy per request, amortised (J)", "A"): 11.0,  # 33 W over 3 requests/s
+    ("Energy per request, amortised (J)", "B"): 11.0,
+    ("Unattributed (idle) power (W)", "A"): 30.0,  # 33 W less 3 W attributed
+    ("Unattributed (idle) power (W)", "B"): "one replica's own idle, each on its own line: not a total",
+    ("Cumulative device energy (kWh)", "A"): 0.0055,  # 18 000 J + 1 800 J, replica a's count
+    ("Model and energy source", "B"): "counts series to name the sources, not energy",
+}
+_DEVICE_SERIES = re.compile(r"greenserve_(?:device_energy_joules|power_watts|idle_energy_joules)")
+
+
+def test_dashboard_counts_each_device_once(promtool: str, tmp_path: Path) -> None:
+    """Every dashboard query of device energy or power, on two replicas sharing a device: counted once.
+
+    The device label names the physical device, so replicas on one host report the same one; a query that
+    sums over replicas without ``max by (device)`` counts it twice. Evaluated by promtool with the rule files.
+    """
+    device_targets = {
+        (panel["title"], target["refId"]): substitute_grafana_variables(target["expr"])
+        for panel in panels()
+        for target in panel["targets"]
+        if _DEVICE_SERIES.search(target["expr"])
+    }
+    assert set(device_targets) == set(SHARED_DEVICE_TOTALS), (
+        "a dashboard query of device energy or power needs its expected total in SHARED_DEVICE_TOTALS: "
+        f"{sorted(set(device_targets) ^ set(SHARED_DEVICE_TOTALS))}"
+    )
+    checks = [
+        {
+            "expr": f"round(sum({expr}) / {SHARED_DEVICE_TOTALS[key]!r}, 0.001)",
+            "eval_time": "5m",
+            "exp_samples": [{"labels": "{}", "value": 1}],
+        }
+        for key, expr in device_targets.items()
+        if not isinstance(SHARED_DEVICE_TOTALS[key], str)
+    ]
+    unit_test = {
+        "rule_files": [str(path) for path in RULE_FILES],
+        "evaluation_interval": "15s",
+        "tests": [{"interval": "15s", "input_series": SHARED_DEVICE_SERIES, "promql_expr_test": checks}],
+    }
+    path = tmp_path / "shared_device_test.yml"
+    path.write_text(json.dumps(unit_test, indent=1))  # JSON is YAML
+    result = run_tool(promtool, "test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- a real Prometheus scraping a real greenserve ---------------------------------------------------------
