@@ -77,13 +77,27 @@ train-hpo: $(STAMP)  ## HPO strategies (bayes, tpe, random, grid, bayes+hyperban
 zoo: $(STAMP)  ## Model zoo: J/image vs accuracy of 18 vision networks 2012-2022, verdicts, Pareto front (results/zoo)
 	$(VENV)/bin/greenserve zoo $(ARGS)
 
-up:  ## Start greenserve, Prometheus and Grafana in Docker on 127.0.0.1:8000/9090/3000 (ARGS='--profile load')
+# The admin token docker/compose.yaml requires: greenserve bound to 0.0.0.0 refuses to start without one. Written
+# once, 32 random bytes in hex, readable by its owner only (umask, then chmod for a umask-less filesystem), and
+# renamed into place only when whole. git and the build context (.dockerignore) leave docker/.env out; compose
+# reads it by itself, as the project directory's .env. An existing docker/.env is never touched.
+docker/.env:
+	@set -eu; umask 077; \
+	token=$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'); \
+	if [ $${#token} -ne 64 ]; then echo "make up: could not read 32 random bytes from /dev/urandom for $@" >&2; exit 1; fi; \
+	printf '# Written by make up (docs/deploy.md). GREENSERVE_ADMIN_TOKEN in the shell overrides it.\nGREENSERVE_ADMIN_TOKEN=%s\n' "$$token" > $@.tmp; \
+	chmod 600 $@.tmp; mv $@.tmp $@; \
+	echo "make up: wrote a random admin token to $(CURDIR)/$@ (mode 600): PUT /v1/batching needs it as 'Authorization: Bearer <token>'"
+
+up: docker/.env  ## Start greenserve, Prometheus and Grafana in Docker on 127.0.0.1:8000/9090/3000 (ARGS='--profile load')
 	@docker compose version >/dev/null 2>&1 || { echo "make up: 'docker compose' is not available; it needs Docker with the Compose plugin (docs/deploy.md)" >&2; exit 1; }
 	docker compose -f docker/compose.yaml $(ARGS) up -d --build
 
+# down starts nothing, but compose reads the whole file, whose admin token is required: a placeholder (when the
+# shell has none) lets the stack be stopped even when docker/.env is gone.
 down:  ## Stop and remove the Docker stack's containers, the load profile's too (volumes are kept)
 	@docker compose version >/dev/null 2>&1 || { echo "make down: 'docker compose' is not available; it needs Docker with the Compose plugin (docs/deploy.md)" >&2; exit 1; }
-	docker compose -f docker/compose.yaml --profile load $(ARGS) down
+	GREENSERVE_ADMIN_TOKEN="$${GREENSERVE_ADMIN_TOKEN:-unused-by-down}" docker compose -f docker/compose.yaml --profile load $(ARGS) down
 
 clean:  ## Remove the environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -250,6 +250,27 @@ def test_greenserve_service(compose: dict[str, Any]) -> None:
     assert host_path(service["build"]["context"]) == REPO
 
 
+def test_greenserve_requires_an_admin_token(compose: dict[str, Any], compose_gpu: dict[str, Any]) -> None:
+    # greenserve bound to 0.0.0.0 refuses to start without an admin token, or with an empty one. `:?` (not
+    # `?`) makes compose refuse an empty value too, before any container starts, with a message that says
+    # where the token comes from; `make up` writes one to docker/.env.
+    value = environment(services(compose)["greenserve"]).get("GREENSERVE_ADMIN_TOKEN")
+    assert value is not None, "compose does not pass GREENSERVE_ADMIN_TOKEN to greenserve"
+    match = re.fullmatch(r"\$\{GREENSERVE_ADMIN_TOKEN:\?([^}]+)\}", value)
+    assert match, (
+        f"GREENSERVE_ADMIN_TOKEN is {value!r}, not required with ${{GREENSERVE_ADMIN_TOKEN:?<message>}}"
+    )
+    assert "make up" in match[1] and "docker/.env" in match[1], match[1]
+    # Only greenserve gets it, and the GPU override keeps it.
+    for name, service in services(compose).items():
+        if name != "greenserve":
+            assert "GREENSERVE_ADMIN_TOKEN" not in environment(service), name
+    assert "GREENSERVE_ADMIN_TOKEN" not in environment(services(compose_gpu)["greenserve"])
+    # No token in the images: a secret in an ENV would be in every layer and `docker history`.
+    for dockerfile in DOCKERFILES:
+        assert "GREENSERVE_ADMIN_TOKEN" not in final_env(dockerfile), dockerfile.name
+
+
 @pytest.mark.parametrize("name", LONG_RUNNING)
 def test_long_running_services_have_a_healthcheck(compose: dict[str, Any], name: str) -> None:
     healthcheck = services(compose)[name].get("healthcheck")
@@ -673,6 +694,10 @@ def test_default_model_is_loaded_at_build_time_as_the_runtime_user(dockerfile: P
     later_runs = " ".join(i.args for i in stage[user_at:] if i.keyword == "RUN")
     assert "load_classifier(Settings())" in later_runs
     assert "greenserve serve --help" in later_runs
+    # The image's GREENSERVE_HOST is 0.0.0.0, where settings without an admin token are refused; the build
+    # has no token (and should not), so its Settings() are a loopback server's.
+    settings_runs = [i.args for i in stage[user_at:] if i.keyword == "RUN" and "Settings()" in i.args]
+    assert settings_runs and all("GREENSERVE_HOST=127.0.0.1 python" in run for run in settings_runs)
 
 
 def test_default_model_is_package_data() -> None:
@@ -798,6 +823,7 @@ def test_ignore_matcher_follows_docker() -> None:
         "greenserve.egg-info/PKG-INFO",
         "tests/conftest.py",
         "docker/compose.yaml",
+        "docker/.env",
     ],
 )
 def test_dockerignore_leaves_out(path: str) -> None:
@@ -847,9 +873,65 @@ def make_recipe(target: str) -> str:
     return "\n".join(recipe)
 
 
+def make_prerequisites(target: str) -> list[str]:
+    line = next(
+        line for line in (REPO / "Makefile").read_text().splitlines() if line.startswith(f"{target}:")
+    )
+    return line.removeprefix(f"{target}:").split("##")[0].split()
+
+
 def test_make_up_and_down_use_the_compose_file() -> None:
     up, down = make_recipe("up"), make_recipe("down")
     assert "docker compose -f docker/compose.yaml $(ARGS) up -d --build" in up
     assert "docker compose -f docker/compose.yaml --profile load $(ARGS) down" in down
     for recipe in (up, down):
         assert "docker compose version" in recipe, "says clearly when docker compose is missing"
+    # compose requires the admin token: up writes it first; down, which starts nothing, works without it.
+    assert make_prerequisites("up") == ["docker/.env"]
+    assert 'GREENSERVE_ADMIN_TOKEN="$${GREENSERVE_ADMIN_TOKEN:-' in down
+
+
+def test_admin_token_file_is_ignored_by_git() -> None:
+    lines = [line.strip() for line in (REPO / ".gitignore").read_text().splitlines()]
+    assert "docker/.env" in lines
+
+
+def make_env_file(directory: Path) -> subprocess.CompletedProcess[str]:
+    """`make docker/.env` with the project's Makefile, in a scratch copy of the repository's layout."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.fail(
+            "`make` is not installed: the tests check the Makefile's docker/.env rule with it", pytrace=False
+        )
+    (directory / "docker").mkdir(exist_ok=True)
+    shutil.copy(REPO / "Makefile", directory / "Makefile")
+    return subprocess.run(
+        [make, "--no-print-directory", "-C", str(directory), "docker/.env"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_make_up_writes_a_private_random_admin_token_once(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    result = make_env_file(first)
+    assert result.returncode == 0, result.stdout + result.stderr
+    env_file = first / "docker" / ".env"
+    # The path is printed, so that the user can find the token.
+    assert str(env_file) in result.stdout
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    tokens = re.findall(r"^GREENSERVE_ADMIN_TOKEN=(.*)$", env_file.read_text(), re.MULTILINE)
+    assert len(tokens) == 1 and re.fullmatch(r"[0-9a-f]{64}", tokens[0]), env_file.read_text()
+    assert not list((first / "docker").glob("*.tmp")), "a temporary file is left behind"
+    # Written once: a second `make up` keeps the token (and any edit of the file).
+    before = env_file.read_text()
+    again = make_env_file(first)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert env_file.read_text() == before
+    # Random: another checkout gets another token.
+    assert make_env_file(second).returncode == 0
+    assert (second / "docker" / ".env").read_text() != before

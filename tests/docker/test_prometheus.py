@@ -211,8 +211,9 @@ def test_rules_follow_the_conventions() -> None:
 
     The level starts with `instance` (one replica's figure) or `job` (the job's, across its replicas).
     """
+    name = re.compile(r"(instance|job)(_[a-z]+)*:greenserve_[a-z0-9_]+:[a-z0-9_]+")
     for rule in recording_rules():
-        assert re.fullmatch(r"(instance|job)(_[a-z]+)*:greenserve_[a-z0-9_]+:[a-z0-9_]+", rule["record"]), rule
+        assert name.fullmatch(rule["record"]), rule
     for rule in alerting_rules():
         assert rule["alert"].startswith("Greenserve"), rule
         assert rule.get("for"), rule
@@ -319,20 +320,22 @@ def test_dashboard_shows_attributed_and_amortised_energy_per_request() -> None:
 # earlier, so its counters are higher at the same rate. They answer 2 and 1 requests/s and attribute 2 W and
 # 1 W to them. Scraped every 15 s, as in docker/prometheus/tests/.
 _SHARED_HOST = 'job="greenserve", instance="host:800{replica}"'
+_PACKAGE = ', source="rapl", device="3f2a9c1e:package-0"'
+_DRAM = ', source="rapl", device="3f2a9c1e:dram-0"'
 SHARED_DEVICE_SERIES = [
     {"series": f"greenserve_{metric}{{{_SHARED_HOST.format(replica=replica)}{labels}}}", "values": values}
     for replica, offset, requests, attributed in ((0, 1, 30, 30), (1, 0, 15, 15))
     for metric, labels, values in (
         ("requests_total", ', status="200"', f"0+{requests}x40"),
-        ("device_energy_joules_total", ', source="rapl", device="3f2a9c1e:package-0"', f"{offset * 9000}+450x40"),
-        ("device_energy_joules_total", ', source="rapl", device="3f2a9c1e:dram-0"', f"{offset * 900}+45x40"),
-        ("power_watts", ', source="rapl", device="3f2a9c1e:package-0"', "30x40"),
-        ("power_watts", ', source="rapl", device="3f2a9c1e:dram-0"', "3x40"),
+        ("device_energy_joules_total", _PACKAGE, f"{offset * 9000}+450x40"),
+        ("device_energy_joules_total", _DRAM, f"{offset * 900}+45x40"),
+        ("power_watts", _PACKAGE, "30x40"),
+        ("power_watts", _DRAM, "3x40"),
         ("stage_energy_joules_total", ', stage="model", source="rapl"', f"0+{attributed}x40"),
         ("stage_energy_joules_total", ', stage="decode", source="rapl"', "0x40"),
         ("stage_energy_joules_total", ', stage="serving", source="rapl"', "0x40"),
-        ("idle_energy_joules_total", ', source="rapl", device="3f2a9c1e:package-0"', f"0+{450 - attributed}x40"),
-        ("idle_energy_joules_total", ', source="rapl", device="3f2a9c1e:dram-0"', "0+45x40"),
+        ("idle_energy_joules_total", _PACKAGE, f"0+{450 - attributed}x40"),
+        ("idle_energy_joules_total", _DRAM, "0+45x40"),
         ("batch_energy_joules_total", ', source="rapl"', f"0+{attributed}x40"),
     )
 ]
