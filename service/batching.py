@@ -12,8 +12,14 @@ Semantics (each one is tested in ``tests/service/test_batching.py``):
   one batch per model at a time) the loop waits for a slot *before* cutting the next batch, so
   items that arrive during a batch join the next one instead of being cut early into a small batch.
   This is what makes batches grow with load.
-* **Bounded queue.** ``submit`` raises :class:`QueueFullError` (HTTP 429 + ``Retry-After``) when
-  ``max_queue`` items are waiting; nothing is queued in that case.
+* **Bounded queue, with admission.** ``max_queue`` bounds the items waiting *plus* the places
+  reserved with :meth:`Batcher.reserve` for items still being prepared (a request whose image is
+  being read and decoded), so a full queue refuses work before it costs anything. ``reserve`` (or
+  ``submit`` without a reservation) raises :class:`QueueFullError` (HTTP 429 + ``Retry-After``)
+  when that many are taken; nothing is queued in that case. A reservation is an
+  :class:`Admission`: ``submit(item, admission=...)`` turns it into a queued item, and
+  :meth:`Admission.release` (or leaving its ``with`` block) gives the place back if the item never
+  comes (a bad image, a client gone); releasing a used reservation is a no-op.
 * **Deadlines.** An item whose deadline passes while it waits is removed from the queue at that
   moment and fails with :class:`DeadlineExceededError` (HTTP 504); it is never computed. A
   deadline only guards the wait: once computing, an item runs to completion.
@@ -22,9 +28,12 @@ Semantics (each one is tested in ``tests/service/test_batching.py``):
 * **Failures.** An exception from ``handle_batch`` is delivered to every caller of that batch and
   only to them; a result list of the wrong length is a :class:`BatchResultLengthError` for each.
 * **Runtime settings.** :meth:`reconfigure` changes size, wait and queue bound while serving.
-* **Drain.** :meth:`close` stops accepting (:class:`DrainingError`, HTTP 503), answers everything
-  already accepted (batches are cut without waiting once draining), and after
-  ``drain_timeout_s`` fails what is left with :class:`DrainingError` and logs how many.
+* **Drain.** :meth:`close` stops accepting (:class:`DrainingError`, HTTP 503: new reservations and
+  submits without one), answers everything already accepted (batches are cut without waiting once
+  draining; items reserved before the drain may still be submitted, and are waited for), and after
+  ``drain_timeout_s`` fails what is left with :class:`DrainingError` and logs how many. An item is
+  in flight from the moment its batch is cut, so a batch cut but not yet started is waited for and
+  counted like a running one.
 
 Improves on Ray Serve's ``_BatchQueue`` (the anchor in STYLE.md): monotonic clock, graceful
 drain, per-item deadlines enforced while waiting, and a bounded queue with a typed rejection.
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -41,7 +51,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
 
 from service.errors import (
     BatchResultLengthError,
@@ -88,9 +99,55 @@ class Outcome(Generic[R]):
 
 @dataclass(frozen=True)
 class DrainReport:
+    """What a drain did: items accepted before or during it that were answered (a result or an
+    error of their own), items it failed with :class:`DrainingError`, and whether it timed out."""
+
     answered: int
     failed: int
     timed_out: bool
+
+
+class Admission:
+    """A place in a batcher's queue, reserved by :meth:`Batcher.reserve` before the item exists.
+
+    Pass it to :meth:`Batcher.submit` (which uses it up), or :meth:`release` it; as a context
+    manager it is released on leaving the block, so no path leaks the place. Releasing twice, or
+    after ``submit`` used it, does nothing.
+    """
+
+    __slots__ = ("_owner", "_state")
+
+    def __init__(self, owner: Batcher[Any, Any]) -> None:
+        self._owner = owner
+        self._state = "reserved"  # then "used" or "released"
+
+    @property
+    def active(self) -> bool:
+        """Still holding its place (neither used by ``submit`` nor released)."""
+        return self._state == "reserved"
+
+    def release(self) -> None:
+        if self._state == "reserved":
+            self._state = "released"
+            self._owner._release_reservation()
+
+    def _use(self, owner: Batcher[Any, Any]) -> None:
+        if owner is not self._owner:
+            raise RuntimeError("this admission was reserved on another batcher")
+        if self._state != "reserved":
+            raise RuntimeError(f"this admission was already {self._state}")
+        self._state = "used"
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
 
 
 class BatcherObserver(Protocol):
@@ -160,10 +217,15 @@ class Batcher(Generic[T, R]):
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._running: set[asyncio.Task[None]] = set()
-        self._running_items = 0
+        self._in_flight_items = 0  # cut into a batch and not yet answered (started or not)
+        self._reserved = 0  # places held by active admissions
         self._loop_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._draining = False
+        self._closed = False  # the drain is over: not even reserved items are taken
+        self._close_task: asyncio.Task[DrainReport] | None = None
+        self._drain_accepted = 0  # items accepted after the drain began (reserved before it)
+        self._drain_failed = 0  # items the drain failed with DrainingError
         self._ewma_batch_s: float | None = None
 
     # --- public API --------------------------------------------------------------------------
@@ -179,6 +241,16 @@ class Batcher(Generic[T, R]):
     @property
     def in_flight_batches(self) -> int:
         return len(self._running)
+
+    @property
+    def in_flight_items(self) -> int:
+        """Items cut into a batch and not yet answered, whether or not the batch has started."""
+        return self._in_flight_items
+
+    @property
+    def reserved(self) -> int:
+        """Queue places held by admissions not yet used or released."""
+        return self._reserved
 
     @property
     def accepting(self) -> bool:
@@ -200,8 +272,8 @@ class Batcher(Generic[T, R]):
     ) -> BatchingConfig:
         """Change settings while serving; invalid values raise and change nothing.
 
-        Items already queued stay queued when ``max_queue`` shrinks below the current depth; new
-        items are refused until the depth falls below the new bound.
+        Items already queued (and places already reserved) stay when ``max_queue`` shrinks below
+        them; new items are refused until queued plus reserved falls below the new bound.
         """
         current = self._config
         self._config = BatchingConfig(
@@ -219,22 +291,37 @@ class Batcher(Generic[T, R]):
         self._wakeup.set()  # a smaller batch size or wait may complete the batch being formed
         return self._config
 
-    async def submit(self, item: T, *, deadline: float | None = None) -> Outcome[R]:
+    def reserve(self) -> Admission:
+        """Reserve a queue place for an item still being prepared; see :class:`Admission`.
+
+        Raises :class:`DrainingError` or :class:`QueueFullError` (queued plus reserved items
+        reach ``max_queue``), like :meth:`submit`, before the caller does any work.
+        """
+        self._check_admission()
+        self._reserved += 1
+        return Admission(self)
+
+    async def submit(
+        self, item: T, *, deadline: float | None = None, admission: Admission | None = None
+    ) -> Outcome[R]:
         """Queue ``item`` and wait for its result.
 
         ``deadline`` is a ``time.monotonic()`` instant by which computing must have *started*.
+        ``admission``, from :meth:`reserve`, is used up: the item takes its place, with no
+        second queue-full check, and is accepted while a drain is still in progress.
         Raises :class:`DrainingError`, :class:`QueueFullError`, :class:`DeadlineExceededError`,
-        or whatever ``handle_batch`` raised for this item's batch.
+        or whatever ``handle_batch`` raised for this item's batch; ``RuntimeError`` for an
+        admission already used or released.
         """
-        if not self._accepting:
-            self._observer.on_reject("draining")
-            raise DrainingError()
-        if len(self._queue) >= self._config.max_queue:
-            self._observer.on_reject("queue_full")
-            raise QueueFullError(
-                f"queue is full ({len(self._queue)} of {self._config.max_queue} waiting)",
-                retry_after_s=self._retry_after_s(),
-            )
+        if admission is None:
+            self._check_admission()
+        else:
+            admission._use(self)
+            self._reserved -= 1
+            self._wakeup.set()
+            if self._closed:
+                self._observer.on_reject("draining")
+                raise DrainingError("server shut down before this request could be queued")
         now = time.monotonic()
         loop = asyncio.get_running_loop()
         if deadline is not None and deadline <= now:
@@ -247,6 +334,8 @@ class Batcher(Generic[T, R]):
             # (both are CLOCK_MONOTONIC), so the deadline translates directly.
             pending.timer = loop.call_at(loop.time() + (deadline - now), self._expire, key)
         self._queue[key] = pending
+        if self._draining:
+            self._drain_accepted += 1
         self._observer.on_queue_depth(len(self._queue))
         self._wakeup.set()
         try:
@@ -261,49 +350,78 @@ class Batcher(Generic[T, R]):
     async def close(self, drain_timeout_s: float = 30.0) -> DrainReport:
         """Stop accepting, answer what was accepted, then stop the loop.
 
-        Waits up to ``drain_timeout_s`` for queued and running items; whatever is still waiting
-        after that fails with :class:`DrainingError` (running batches are awaited no longer, their
-        callers also get the error). Idempotent.
+        Waits up to ``drain_timeout_s`` for queued, in-flight and reserved items; whatever is
+        still waiting after that fails with :class:`DrainingError` (running batches are awaited
+        no longer, their callers also get the error). Idempotent: a later or concurrent call
+        waits for the same drain (its own timeout is ignored) and returns the same report.
         """
-        self._accepting = False
-        self._draining = True
-        self._wakeup.set()
-        pending_before = len(self._queue) + self._running_items
+        if self._close_task is None:
+            # Synchronously, so that nothing is accepted once close() has been called.
+            self._accepting = False
+            self._draining = True
+            self._wakeup.set()
+            pending_before = len(self._queue) + self._in_flight_items
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._drain(drain_timeout_s, pending_before), name=f"{self._name}-drain"
+            )
+        return await asyncio.shield(self._close_task)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _check_admission(self) -> None:
+        """Refuse new work while draining or when queued plus reserved items fill the queue."""
+        if not self._accepting:
+            self._observer.on_reject("draining")
+            raise DrainingError()
+        taken = len(self._queue) + self._reserved
+        if taken >= self._config.max_queue:
+            self._observer.on_reject("queue_full")
+            raise QueueFullError(
+                f"queue is full ({len(self._queue)} waiting and {self._reserved} being prepared, "
+                f"of {self._config.max_queue})",
+                retry_after_s=self._retry_after_s(),
+            )
+
+    def _release_reservation(self) -> None:
+        self._reserved -= 1
+        self._wakeup.set()  # a drain may be waiting for this place
+
+    async def _drain(self, drain_timeout_s: float, pending_before: int) -> DrainReport:
         timed_out = False
         loop_task = self._loop_task
         if loop_task is not None and not loop_task.done():
             try:
-                await asyncio.wait_for(asyncio.shield(self._drained()), timeout=drain_timeout_s)
+                await asyncio.wait_for(self._drained(), timeout=max(0.0, drain_timeout_s))
             except TimeoutError:
                 timed_out = True
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
-        failed = 0
+        self._closed = True
         for pending in list(self._queue.values()):
             if _resolve(pending.future, DrainingError("server shut down before this request was computed")):
-                failed += 1
+                self._drain_failed += 1
         self._queue.clear()
         for task in list(self._running):
-            task.cancel()  # the batch's own handler fails its callers with DrainingError
+            task.cancel()  # _finish_batch fails its callers with DrainingError
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._observer.on_queue_depth(0)
+        failed = self._drain_failed
+        answered = pending_before + self._drain_accepted - failed
         if timed_out or failed:
             logger.warning(
-                "%s drain timed out after %.1f s: %d queued requests failed with 503",
+                "%s drain timed out after %.1f s: %d accepted requests failed with 503",
                 self._name,
                 drain_timeout_s,
                 failed,
             )
         else:
-            logger.info("%s closed: all %d pending requests answered", self._name, pending_before)
-        return DrainReport(answered=pending_before - failed, failed=failed, timed_out=timed_out)
-
-    # --- internals ---------------------------------------------------------------------------
+            logger.info("%s closed: all %d pending requests answered", self._name, answered)
+        return DrainReport(answered=answered, failed=failed, timed_out=timed_out)
 
     async def _drained(self) -> None:
-        while self._queue or self._running_items:
+        while self._queue or self._in_flight_items or self._reserved:
             self._wakeup.clear()
             await self._wakeup.wait()
 
@@ -323,7 +441,8 @@ class Batcher(Generic[T, R]):
     def _retry_after_s(self) -> int:
         """Seconds until the queue has likely drained enough to take a new item (at least 1)."""
         per_batch_s = self._ewma_batch_s or 0.1
-        batches_ahead = len(self._queue) / (self._config.max_batch_size * self._max_concurrent)
+        ahead = len(self._queue) + self._reserved
+        batches_ahead = ahead / (self._config.max_batch_size * self._max_concurrent)
         return max(1, math.ceil(batches_ahead * per_batch_s))
 
     async def _run(self) -> None:
@@ -339,7 +458,7 @@ class Batcher(Generic[T, R]):
                 return
             task = create_logged_task(self._execute(batch), name=f"{self._name}-batch")
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(functools.partial(self._finish_batch, batch))
 
     def _cutoff(self) -> float:
         first = next(iter(self._queue.values()))
@@ -349,8 +468,8 @@ class Batcher(Generic[T, R]):
         """Wait for a full batch or the first item's max wait; return live items (None: stop)."""
         while True:
             while not self._queue:
-                if self._draining:
-                    return None
+                if self._draining and not self._reserved:
+                    return None  # and nothing more can come: no new reservations while draining
                 self._wakeup.clear()
                 await self._wakeup.wait()
             # Re-read on every wake-up: the first item may have expired or been cancelled (the
@@ -381,11 +500,13 @@ class Batcher(Generic[T, R]):
                 batch.append(pending)
             self._observer.on_queue_depth(len(self._queue))
             if batch:
+                # In flight from this moment, before its task starts: a drain beginning in between
+                # waits for it and counts it.
+                self._in_flight_items += len(batch)
                 return batch
 
     async def _execute(self, batch: list[_Pending[T, R]]) -> None:
         started = time.monotonic()
-        self._running_items += len(batch)
         self._observer.on_batch_start(len(batch), [started - p.enqueued_at for p in batch])
         ok = False
         try:
@@ -397,11 +518,7 @@ class Batcher(Generic[T, R]):
             for pending, value in zip(batch, results, strict=True):
                 _resolve(pending.future, Outcome(value, started - pending.enqueued_at, len(batch)))
             ok = True
-        except asyncio.CancelledError:
-            for pending in batch:
-                _resolve(pending.future, DrainingError("server shut down while this request was computing"))
-            raise
-        except Exception as exc:
+        except Exception as exc:  # (a cancelled batch's callers are failed by _finish_batch)
             for pending in batch:
                 _resolve(pending.future, exc)
         finally:
@@ -410,6 +527,16 @@ class Batcher(Generic[T, R]):
                 duration if self._ewma_batch_s is None else 0.8 * self._ewma_batch_s + 0.2 * duration
             )
             self._observer.on_batch_end(len(batch), duration, ok)
-            self._running_items -= len(batch)
-            self._slots.release()
-            self._wakeup.set()
+
+    def _finish_batch(self, batch: list[_Pending[T, R]], task: asyncio.Task[None]) -> None:
+        """A batch's task is done: run or not (cancelled before it started), free its slot."""
+        self._running.discard(task)
+        if task.cancelled():
+            for pending in batch:
+                if _resolve(
+                    pending.future, DrainingError("server shut down before this request's batch finished")
+                ):
+                    self._drain_failed += 1
+        self._in_flight_items -= len(batch)
+        self._slots.release()
+        self._wakeup.set()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from service.batching import Batcher, BatchingConfig
+from service.batching import Batcher, BatchingConfig, DrainReport
 from service.errors import (
     BatchResultLengthError,
     DeadlineExceededError,
@@ -263,3 +263,158 @@ def test_config_validation_names_the_value() -> None:
         BatchingConfig(max_wait_ms=-1)
     with pytest.raises(InvalidParameterError, match="max_queue"):
         BatchingConfig(max_queue=0)
+
+
+class CutSignal:
+    """An observer whose ``cut`` event is set when the queue empties after a submit: a batch
+    was just cut, and its ``handle_batch`` has not started yet."""
+
+    def __init__(self) -> None:
+        self.cut = asyncio.Event()
+        self._queued = False
+
+    def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None:
+        pass
+
+    def on_batch_end(self, batch_size: int, duration_s: float, ok: bool) -> None:
+        pass
+
+    def on_reject(self, reason: str) -> None:
+        pass
+
+    def on_queue_depth(self, depth: int) -> None:
+        if depth > 0:
+            self._queued = True
+        elif self._queued:
+            self.cut.set()
+
+
+async def test_drain_counts_a_batch_cut_but_not_started(recorder: Recorder) -> None:
+    signal = CutSignal()
+    batcher: Batcher[int, int] = Batcher(recorder, BatchingConfig(max_wait_ms=0), observer=signal)
+    batcher.start()
+    submitted = asyncio.create_task(batcher.submit(3))
+    await signal.cut.wait()  # the batch [3] is cut; its handle_batch has not run yet
+    assert recorder.batches == []
+    report = await batcher.close(drain_timeout_s=30)
+    assert (await submitted).value == 30  # awaited, not dropped
+    assert recorder.batches == [[3]]
+    assert report == DrainReport(answered=1, failed=0, timed_out=False)
+
+
+async def test_drain_timeout_fails_a_batch_cut_but_not_started(recorder: Recorder) -> None:
+    signal = CutSignal()
+    batcher: Batcher[int, int] = Batcher(recorder, BatchingConfig(max_wait_ms=0), observer=signal)
+    batcher.start()
+    recorder.gate.clear()
+    submitted = asyncio.create_task(batcher.submit(3))
+    await signal.cut.wait()
+    report = await batcher.close(drain_timeout_s=0)
+    # Its caller is answered (never left waiting), whether or not the batch had started.
+    with pytest.raises(DrainingError):
+        await asyncio.wait_for(submitted, timeout=30)
+    assert report.timed_out and report.answered + report.failed == 1
+    assert batcher.in_flight_items == 0
+
+
+# --- admission: a queue place reserved before the item exists ---------------------------------
+
+
+async def test_reservations_count_toward_max_queue(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=1, max_wait_ms=0, max_queue=2)
+    first = await hold_first_batch(batcher, recorder)
+    a = batcher.reserve()
+    b = batcher.reserve()
+    assert batcher.reserved == 2 and batcher.queue_depth == 0
+    with pytest.raises(QueueFullError) as info:
+        batcher.reserve()
+    assert int(info.value.headers["Retry-After"]) >= 1
+    with pytest.raises(QueueFullError):
+        await batcher.submit(9)  # a submit without a reservation sees the reserved places too
+    # Submitting with a reservation consumes it: the place moves from reserved to queued.
+    queued = asyncio.create_task(batcher.submit(1, admission=a))
+    await asyncio.sleep(0)
+    assert batcher.reserved == 1 and batcher.queue_depth == 1
+    with pytest.raises(QueueFullError):
+        batcher.reserve()
+    b.release()  # e.g. the request's image did not decode
+    b.release()  # idempotent
+    assert batcher.reserved == 0
+    c = batcher.reserve()
+    recorder.gate.set()
+    await first
+    assert (await queued).value == 10
+    assert (await batcher.submit(2, admission=c)).value == 20
+    assert batcher.reserved == 0
+    assert 9 not in recorder.computed
+
+
+async def test_reservation_is_released_on_every_failure(make_batcher, recorder: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=1, max_wait_ms=0, max_queue=1)
+    with pytest.raises(ValueError), batcher.reserve():
+        raise ValueError("the body was not an image")
+    assert batcher.reserved == 0
+    with batcher.reserve() as admission, pytest.raises(DeadlineExceededError):  # refused at submit
+        await batcher.submit(1, deadline=time.monotonic() - 1, admission=admission)
+    assert batcher.reserved == 0
+    first = await hold_first_batch(batcher, recorder)
+    with batcher.reserve() as admission:  # the caller goes away while its item is queued
+        gone = asyncio.create_task(batcher.submit(2, admission=admission))
+        await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    assert batcher.reserved == 0 and batcher.queue_depth == 0
+    with batcher.reserve() as admission:  # cancelled before its submit ever ran
+        never = asyncio.create_task(batcher.submit(3, admission=admission))
+        never.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await never
+    assert batcher.reserved == 0
+    with batcher.reserve() as admission:
+        pass  # never used
+    with pytest.raises(RuntimeError, match="released"):
+        await batcher.submit(4, admission=admission)
+    recorder.gate.set()
+    await first
+    assert (await batcher.submit(5)).value == 50  # no place leaked: max_queue is 1
+    assert recorder.computed == [0, 5]
+
+
+async def test_drain_waits_for_reserved_requests(recorder: Recorder) -> None:
+    batcher: Batcher[int, int] = Batcher(recorder, BatchingConfig(max_wait_ms=0))
+    batcher.start()
+    admission = batcher.reserve()  # a request admitted, its image still decoding
+    closing = asyncio.create_task(batcher.close(drain_timeout_s=30))
+    await asyncio.sleep(0)
+    with pytest.raises(DrainingError):
+        batcher.reserve()  # no new admissions while draining
+    with pytest.raises(DrainingError):
+        await batcher.submit(8)
+    assert not closing.done()
+    assert (await batcher.submit(7, admission=admission)).value == 70  # admitted before: answered
+    report = await closing
+    assert report == DrainReport(answered=1, failed=0, timed_out=False)
+
+
+async def test_reservation_submitted_after_the_drain_timeout_is_refused(recorder: Recorder) -> None:
+    batcher: Batcher[int, int] = Batcher(recorder, BatchingConfig(max_wait_ms=0))
+    batcher.start()
+    admission = batcher.reserve()
+    report = await batcher.close(drain_timeout_s=0)
+    assert report.timed_out
+    with pytest.raises(DrainingError):
+        await batcher.submit(7, admission=admission)
+    assert batcher.reserved == 0 and recorder.computed == []
+
+
+async def test_close_twice_returns_the_same_report(recorder: Recorder) -> None:
+    batcher: Batcher[int, int] = Batcher(recorder, BatchingConfig(max_wait_ms=0))
+    batcher.start()
+    first = await hold_first_batch(batcher, recorder)
+    one = asyncio.create_task(batcher.close(drain_timeout_s=30))
+    two = asyncio.create_task(batcher.close(drain_timeout_s=30))
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert (await first).value == 0  # type: ignore[attr-defined]
+    assert await one == await two == DrainReport(answered=1, failed=0, timed_out=False)
