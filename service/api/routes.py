@@ -155,20 +155,29 @@ async def classify(
     arrival = time.monotonic()
     _check_serving(state)
     deadline = _deadline(state, arrival, x_request_timeout_ms)
-    data = await _image_bytes(request, state)
     classifier = state.engine.classifier
     loop = asyncio.get_running_loop()
 
     def decode() -> torch.Tensor:
         return classifier.preprocess(decode_image(data, state.limits, draft_size=classifier.draft_size))
 
-    tensor = await loop.run_in_executor(state.decode_pool, decode)
-    submitted = asyncio.ensure_future(state.batcher.submit(tensor, deadline=deadline))
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({submitted, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
+    # Admission before any work: a full queue (queued requests plus those being read and decoded)
+    # is a 429 before the body is read or decoded, which also bounds the decode pool's backlog.
+    # Leaving the block gives the place back unless submit used it: no leak on any error or 499.
+    with state.batcher.reserve() as admission:
+        data = await _image_bytes(request, state)
+        tensor = await loop.run_in_executor(state.decode_pool, decode)
+        submitted = asyncio.ensure_future(
+            state.batcher.submit(tensor, deadline=deadline, admission=admission)
+        )
+        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+        try:
+            await asyncio.wait({submitted, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            submitted.cancel()  # this handler was cancelled: its item goes too
+            raise
+        finally:
+            watcher.cancel()
     if not submitted.done():
         # The client went away: drop its item from the queue (the batcher never computes it).
         submitted.cancel()

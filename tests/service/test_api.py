@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import threading
 
 import httpx
 import pytest
 from PIL import Image
 
+from service import imaging
+from service.api import routes
 from service.state import Phase
 from tests.conftest import gray_png, make_settings, png_bytes, running_app
 from tests.fakes import POISON, FakeClassifier
@@ -304,3 +307,101 @@ async def test_failed_warm_up_keeps_the_server_unready_with_the_reason() -> None
         assert "warm-up failed" in error["message"] and "one score per label" in error["message"]
         response = await client.post("/classify", content=gray_png(1), headers={"content-type": "image/png"})
         assert_error(response, 503, "not_ready")
+
+
+class CountingDecode:
+    """Stands in for routes.decode_image: counts calls; after :meth:`hold_next`, the next call
+    waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._hold = False
+
+    def hold_next(self) -> None:
+        self._hold = True
+        self.entered.clear()
+        self.release.clear()
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        hold, self._hold = self._hold, False
+        self.entered.set()
+        if hold:
+            self.release.wait(timeout=30)
+        return imaging.decode_image(*args, **kwargs)
+
+
+@pytest.fixture
+def counting_decode(monkeypatch: pytest.MonkeyPatch) -> CountingDecode:
+    decode = CountingDecode()
+    monkeypatch.setattr(routes, "decode_image", decode)
+    return decode
+
+
+async def test_full_queue_refuses_before_reading_and_decoding(counting_decode: CountingDecode) -> None:
+    fake = FakeClassifier()
+    settings = make_settings(max_batch_size=1, max_queue=1, max_wait_ms=0)
+    async with running_app(settings, fake) as (app, client):
+        fake.gate.clear()
+        fake.entered.clear()
+
+        def post(body: bytes):  # type: ignore[no-untyped-def]
+            return client.post("/classify", content=body, headers={"content-type": "image/png"})
+
+        running = asyncio.create_task(post(gray_png(1)))
+        await asyncio.to_thread(fake.entered.wait, 10)  # batch 1 holds the model
+        queued = asyncio.create_task(post(gray_png(2)))
+        while app.state.server.batcher.queue_depth < 1:
+            await asyncio.sleep(0.001)
+        calls = counting_decode.calls
+        # Undecodable: a 400 if it were decoded. The full queue refuses it before that.
+        rejected = await post(b"not an image")
+        assert_error(rejected, 429, "queue_full")
+        assert int(rejected.headers["retry-after"]) >= 1
+        assert counting_decode.calls == calls
+        fake.gate.set()
+        assert (await running).status_code == 200 and (await queued).status_code == 200
+        await assert_still_serving(client)  # max_queue is 1: no place was leaked
+        assert app.state.server.batcher.reserved == 0
+
+
+async def test_requests_being_decoded_count_toward_max_queue(counting_decode: CountingDecode) -> None:
+    settings = make_settings(max_batch_size=1, max_queue=1, max_wait_ms=0)
+    async with running_app(settings, FakeClassifier()) as (app, client):
+        counting_decode.hold_next()
+        decoding = asyncio.create_task(
+            client.post("/classify", content=gray_png(1), headers={"content-type": "image/png"})
+        )
+        await asyncio.to_thread(counting_decode.entered.wait, 10)  # its image is being decoded
+        assert app.state.server.batcher.queue_depth == 0
+        rejected = await client.post("/classify", content=gray_png(2), headers={"content-type": "image/png"})
+        assert_error(rejected, 429, "queue_full")
+        assert counting_decode.calls == 1
+        counting_decode.release.set()
+        assert (await decoding).status_code == 200
+        await assert_still_serving(client)
+
+
+async def test_refused_requests_leak_no_queue_place() -> None:
+    settings = make_settings(max_queue=1, max_body_bytes=2048, max_image_pixels=64)
+    async with running_app(settings, FakeClassifier()) as (app, client):
+        png = {"content-type": "image/png"}
+        assert_error(await client.post("/classify", content=b"junk", headers=png), 400, "bad_image")
+        big = b"\x89PNG" + b"\0" * 4096
+        assert_error(await client.post("/classify", content=big, headers=png), 413, "body_too_large")
+        huge = png_bytes(Image.new("L", (300, 300)))
+        assert_error(await client.post("/classify", content=huge, headers=png), 413, "image_too_large")
+        wrong = {"content-type": "image/svg+xml"}
+        assert_error(
+            await client.post("/classify", content=b"<svg/>", headers=wrong), 415, "unsupported_media_type"
+        )
+        no_file = await client.post("/classify", files={"image": ("x.png", gray_png(1), "image/png")})
+        assert_error(no_file, 422, "invalid_parameter")
+        timeout = {"x-request-timeout-ms": "-1", **png}
+        assert_error(
+            await client.post("/classify", content=gray_png(1), headers=timeout), 422, "invalid_parameter"
+        )
+        assert app.state.server.batcher.reserved == 0
+        await assert_still_serving(client)  # max_queue is 1: every refused request gave its place back
