@@ -7,6 +7,7 @@ value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,16 @@ from service.recording import TRACE_SUFFIXES
 
 EMBEDDED_MODEL = "digits_cnn"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost, or no address at all
 
 
 class Settings(BaseSettings):
@@ -106,7 +117,11 @@ class Settings(BaseSettings):
 
     # --- admin and logging ---
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token required by PUT /v1/batching (none: PUT is open)."
+        None,
+        description=(
+            "Bearer token required by PUT /v1/batching; required to bind a non-loopback host "
+            "(none, on loopback only: PUT is open)."
+        ),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     access_log: bool = Field(True, description="Log one structured line per request.")
@@ -155,6 +170,23 @@ class Settings(BaseSettings):
         if not value.parent.is_dir():
             raise ValueError(f"record_trace {str(value)!r}: directory {str(value.parent)!r} does not exist")
         return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("admin_token is empty; give a token, or leave it unset (loopback only)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_admin_token_off_loopback(self) -> Settings:
+        # PUT /v1/batching changes how the server serves: open only where nobody else can reach it.
+        if self.admin_token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address, and PUT /v1/batching would be open to "
+                "anyone who can reach it: set --admin-token / GREENSERVE_ADMIN_TOKEN"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Settings:

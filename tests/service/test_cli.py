@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
-from service import cli, digits
+from service import cli, digits, server
 from service.config import Settings
 
 
@@ -73,3 +74,44 @@ def test_serve_with_unknown_model_exits_2_with_one_clear_line(caplog: pytest.Log
     assert cli.main(["serve", "--model", "resnet-18", "--port", "0"]) == 2
     assert "cannot start: unknown model 'resnet-18'" in caplog.text
     assert "did you mean resnet18" in caplog.text
+
+
+TOKEN_HINT = r"--admin-token.*GREENSERVE_ADMIN_TOKEN|GREENSERVE_ADMIN_TOKEN.*--admin-token"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.com", ""])
+def test_non_loopback_host_needs_an_admin_token(host: str) -> None:
+    with pytest.raises(ValidationError, match=TOKEN_HINT) as info:
+        Settings(host=host)
+    assert repr(host) in str(info.value)
+    assert Settings(host=host, admin_token="s3cret").host == host  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost", "LocalHost"])
+def test_loopback_host_needs_no_token(host: str) -> None:
+    assert Settings(host=host).admin_token is None
+
+
+@pytest.mark.parametrize("token", ["", "   ", "\t\n"])
+def test_empty_admin_token_is_refused(token: str) -> None:
+    with pytest.raises(ValidationError, match="admin_token"):
+        Settings(admin_token=token)  # type: ignore[arg-type]
+
+
+def test_serve_on_all_interfaces_without_a_token_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GREENSERVE_ADMIN_TOKEN", raising=False)
+
+    def must_not_start(settings: Settings) -> int:
+        pytest.fail(f"the server started on {settings.host} without a token")
+
+    monkeypatch.setattr(server, "serve", must_not_start)
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "'0.0.0.0'" in line]
+    assert len(lines) == 1, err
+    assert re.search(TOKEN_HINT, lines[0]), err
+    monkeypatch.setenv("GREENSERVE_ADMIN_TOKEN", "")
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "admin_token" in capsys.readouterr().err
