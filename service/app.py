@@ -120,7 +120,9 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
         finally:
             state.begin_draining()
             warm.cancel()
-            report = await state.batcher.close(settings.drain_timeout_s)
+            # What is left of the drain's one deadline: uvicorn's connection wait used the rest.
+            # (Under GreenServer the batcher's drain began with uvicorn's shutdown: same report.)
+            report = await state.batcher.close(state.drain_remaining_s())
             logger.info("shutdown: %d accepted requests answered, %d failed", report.answered, report.failed)
             state.engine.close()
             state.decode_pool.shutdown(wait=False, cancel_futures=True)

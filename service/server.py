@@ -1,15 +1,24 @@
 """Running the app under uvicorn with a graceful drain.
 
-On SIGTERM/SIGINT the server first marks itself draining (``/readyz`` → 503, new ``/classify``
-→ 503 ``draining``), then uvicorn stops accepting connections and waits up to
-``drain_timeout_s`` for in-flight requests, then the lifespan closes the batcher, which answers
-whatever it had accepted. Nothing accepted is dropped silently.
+On SIGTERM/SIGINT the server marks itself draining (``/readyz`` → 503, new ``/classify`` → 503
+``draining``) and fixes one deadline, ``drain_timeout_s`` from the signal. Then, together, uvicorn
+stops accepting connections and waits for the open ones, and the batcher drains: it answers what
+it had accepted, cutting batches without waiting, until the deadline, when whatever is still
+queued or computing is answered 503 ``draining``. So the connections close by the deadline, and
+the process exits within ``drain_timeout_s`` plus the batch computing at the deadline (the model
+thread finishes it). Nothing accepted is dropped silently.
+
+uvicorn's own connection timeout is the same deadline plus :data:`RESPONSE_GRACE_S`, a backstop for
+connections the batcher cannot answer (a body still uploading): at its end uvicorn cancels their
+requests.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from types import FrameType
+from typing import cast
 
 import uvicorn
 from fastapi import FastAPI
@@ -21,8 +30,21 @@ from service.errors import ConfigurationError
 from service.model import load_classifier
 from service.recording import check_trace_file
 from service.state import ServerState
+from service.tasks import create_logged_task
 
 logger = logging.getLogger(__name__)
+
+#: After the drain deadline, how long uvicorn still waits for connections: for the 503 answers
+#: the batcher gave at the deadline to be written. Only a connection the batcher cannot answer
+#: (a request body still arriving) is held this long.
+RESPONSE_GRACE_S = 1.0
+
+
+def _uvicorn_timeout(seconds: float) -> int:
+    # uvicorn annotates timeout_graceful_shutdown as int, but only hands it to asyncio.wait_for
+    # (uvicorn/server.py, Server.shutdown), which takes any float: int() turned 0.5 s into 0,
+    # which uvicorn reads as "no timeout" (wait forever).
+    return cast(int, seconds)
 
 
 class GreenServer(uvicorn.Server):
@@ -32,11 +54,28 @@ class GreenServer(uvicorn.Server):
         super().__init__(config)
         self._app = app
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+    def _state(self) -> ServerState | None:
         state = getattr(self._app.state, "server", None)
-        if isinstance(state, ServerState):
-            state.begin_draining()
+        return state if isinstance(state, ServerState) else None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = self._state()
+        if state is not None:
+            state.begin_draining()  # the drain deadline counts from the signal
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = self._state()
+        if state is not None:
+            state.begin_draining()  # (a no-op after a signal; uvicorn may also stop by itself)
+            # The batcher drains while uvicorn waits for connections, so that at the deadline the
+            # requests still waiting get their 503 and their connections close; uvicorn then waits
+            # no longer than the same deadline (plus the time to write those answers).
+            create_logged_task(state.batcher.close(state.drain_remaining_s()), name="drain")
+            self.config.timeout_graceful_shutdown = _uvicorn_timeout(
+                state.drain_remaining_s() + RESPONSE_GRACE_S
+            )
+        await super().shutdown(sockets)
 
 
 def serve(settings: Settings) -> int:
@@ -60,7 +99,8 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # ours is structured and carries the request id
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        # Replaced by what is left of the drain deadline when shutdown begins (GreenServer).
+        timeout_graceful_shutdown=_uvicorn_timeout(settings.drain_timeout_s + RESPONSE_GRACE_S),
         # uvicorn's 5 s default equals httpx's pool expiry: a client reusing a connection idle for
         # about 5 s raced the server closing it and got a reset (ECONNRESET) instead of an answer.
         timeout_keep_alive=settings.keep_alive_s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -36,7 +37,19 @@ class ServerState:
     phase: Phase = Phase.STARTING
     failure: str | None = None
     started_at: float = field(default=0.0)
+    #: ``time.monotonic()`` by which the drain must be over; set once, when draining begins.
+    drain_deadline: float | None = None
 
     def begin_draining(self) -> None:
-        """Mark the server as draining; safe to call from a signal handler (an attribute write)."""
+        """Mark the server as draining and fix the drain's one deadline, ``drain_timeout_s`` from
+        the first call; safe to call from a signal handler (attribute writes)."""
+        if self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + self.settings.drain_timeout_s
         self.phase = Phase.DRAINING
+
+    def drain_remaining_s(self) -> float:
+        """Seconds left until the drain deadline, at least 0 (all of ``drain_timeout_s`` before
+        draining began)."""
+        if self.drain_deadline is None:
+            return self.settings.drain_timeout_s
+        return max(0.0, self.drain_deadline - time.monotonic())

@@ -192,3 +192,49 @@ def test_keep_alive_s_sets_how_long_idle_connections_stay_open(tmp_path: Path) -
             assert _get_on(connection, "/healthz") is None  # closed by the server after 2 s idle
         finally:
             connection.close()
+
+
+@pytest.mark.parametrize("drain_timeout_s", [0.5, 0.0])
+def test_drain_ends_within_drain_timeout_plus_one_batch(tmp_path: Path, drain_timeout_s: float) -> None:
+    """One deadline for the whole drain: queued work still waiting at ``drain_timeout_s`` is answered
+    503 draining, and the process exits within the timeout plus the batch computing at that moment.
+    (A sub-second timeout once meant "wait forever" for connections, then the batcher waited again.)"""
+    batch_s = 1.0
+    requests = 10
+    args = (
+        "--model", "tests.fakes:slow_classifier", "--max-batch-size", "1", "--max-wait-ms", "0",
+        "--drain-timeout-s", str(drain_timeout_s),
+    )  # fmt: skip
+    with server_process(tmp_path, *args, env={"FAKE_DELAY_S": str(batch_s)}) as server:
+        results: dict[int, tuple[int, str | None]] = {}
+
+        async def one(client: httpx.AsyncClient, i: int) -> None:
+            response = await client.post(
+                "/classify", content=gray_png(i % 4), headers={"content-type": "image/png"}
+            )
+            code = response.json()["error"]["code"] if response.status_code != 200 else None
+            results[i] = (response.status_code, code)
+
+        async def load() -> float:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                tasks = [asyncio.create_task(one(client, i)) for i in range(requests)]
+                async with httpx.AsyncClient(base_url=server.url) as probe:
+                    # Every request accepted: one computing, the others queued behind it.
+                    while metric((await probe.get("/metrics")).text, "greenserve_queue_depth") < requests - 1:
+                        await asyncio.sleep(0.01)
+                signalled = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                await asyncio.gather(*tasks)
+                return signalled
+
+        signalled = asyncio.run(load())
+        returncode = server.process.wait(timeout=60)
+        took = time.monotonic() - signalled
+        log = server.log()
+        assert_graceful_exit(returncode, log)
+        assert took <= drain_timeout_s + batch_s + 4.0, (took, log)
+        # Every request had been accepted: each got an answer, a 200 or a JSON 503 draining.
+        assert len(results) == requests
+        assert set(results.values()) <= {(200, None), (503, "draining")}, results
+        assert list(results.values()).count((503, "draining")) >= requests - 2, results
+        assert "timeout graceful shutdown exceeded" not in log, log  # uvicorn never had to cancel
