@@ -11,8 +11,11 @@ from __future__ import annotations
 import abc
 from types import TracebackType
 
-#: Names of the concrete sources, best first. ``create_meter`` also accepts ``"auto"``.
+#: Names of the concrete sources that ``auto`` chooses from, best first.
 SOURCES: tuple[str, ...] = ("nvml", "rapl", "estimate")
+#: Sources that are models rather than sensors: their joules are labelled as such everywhere.
+#: ``synthetic`` (energy.synthetic) is for testing the accounting and is never chosen by ``auto``.
+MODEL_SOURCES: frozenset[str] = frozenset({"estimate", "synthetic"})
 
 
 class EnergyError(Exception):
@@ -31,8 +34,16 @@ class EnergyMeter(abc.ABC):
     the meter as a context manager) when done; nothing relies on ``__del__``.
     """
 
-    #: Which source produced the numbers ("nvml", "rapl" or "estimate"); every exported number carries it.
+    #: Which source produced the numbers ("nvml", "rapl", "estimate" or "synthetic"); every exported
+    #: number carries it.
     source: str
+    #: Whether the readings contain the device's idle (static) draw: true for the hardware counters
+    #: and the synthetic model, false for the estimate (CPU time is zero when idle).
+    idle_included: bool = True
+    #: Whose CPU time the readings are proportional to, for sharing them by CPU time
+    #: (energy.accounting): "process" (estimate, synthetic: this process alone), "machine" (rapl:
+    #: every process on the package), or None for an accelerator, whose energy is shared by time.
+    cpu_scope: str | None = None
 
     @property
     @abc.abstractmethod
@@ -52,8 +63,18 @@ class EnergyMeter(abc.ABC):
 
     @property
     def is_estimate(self) -> bool:
-        """True when the numbers come from a model rather than a sensor."""
+        """True for the ``estimate`` source (CPU time × watts per core, no sensor)."""
         return self.source == "estimate"
+
+    @property
+    def is_model(self) -> bool:
+        """True when the numbers come from a model (estimate, synthetic) rather than a sensor."""
+        return self.source in MODEL_SOURCES
+
+    @property
+    def idle_power_w(self) -> dict[str, float] | None:
+        """Each device's idle (static) power in W where the meter knows it, else None (measure it)."""
+        return None if self.idle_included else dict.fromkeys(self.devices, 0.0)
 
     def __enter__(self) -> EnergyMeter:
         return self

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from energy.base import EnergyMeter
+from energy.identity import process_device_id
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ logger = logging.getLogger(__name__)
 #: so TDP / cores would be off by up to 2x anyway. Set ``watts_per_core`` (TDP / cores of your CPU)
 #: when you know better.
 DEFAULT_WATTS_PER_CORE = 10.0
-
-DEVICE_LABEL = "cpu"
 
 
 def validate_watts_per_core(watts_per_core: float) -> float:
@@ -45,6 +44,8 @@ class EstimateMeter(EnergyMeter):
     """
 
     source = "estimate"
+    idle_included = False
+    cpu_scope = "process"
 
     def __init__(
         self,
@@ -52,25 +53,29 @@ class EstimateMeter(EnergyMeter):
         *,
         cpu_time_s: Callable[[], float] = time.process_time,
     ) -> None:
-        self.watts_per_core = validate_watts_per_core(
-            DEFAULT_WATTS_PER_CORE if watts_per_core is None else watts_per_core
-        )
+        self.watts_per_core = self.default_watts(watts_per_core)
         self._cpu_time_s = cpu_time_s
         self._start_s = cpu_time_s()
         self._last_j = 0.0
         self._lock = threading.Lock()
+        self._label = process_device_id(self.source)
         logger.info(
             "energy source 'estimate': process CPU time × %.2f W per core (no sensor; an estimate)",
             self.watts_per_core,
         )
 
+    @staticmethod
+    def default_watts(watts_per_core: float | None) -> float:
+        """``watts_per_core`` validated, or the default when None."""
+        return validate_watts_per_core(DEFAULT_WATTS_PER_CORE if watts_per_core is None else watts_per_core)
+
     @property
     def devices(self) -> list[str]:
-        return [DEVICE_LABEL]
+        return [self._label]
 
     def read_j(self) -> dict[str, float]:
         with self._lock:
             energy_j = (self._cpu_time_s() - self._start_s) * self.watts_per_core
             # process_time() is monotonic in practice; the max() makes "never decreases" a guarantee.
             self._last_j = max(self._last_j, energy_j)
-            return {DEVICE_LABEL: self._last_j}
+            return {self._label: self._last_j}

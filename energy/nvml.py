@@ -71,7 +71,9 @@ def nvml_index(cuda_idx: int, environ: Mapping[str, str] = os.environ) -> int:
 
 
 class NvmlMeter(EnergyMeter):
-    """Cumulative energy of one NVIDIA GPU, labelled ``gpu{N}`` with N the NVML (nvidia-smi) index.
+    """Cumulative energy of one NVIDIA GPU, labelled with its UUID (``GPU-…``; else its PCI bus id,
+    else ``gpu{N}`` with N the NVML / nvidia-smi index): several replicas on one GPU then report one
+    device, which a dashboard adds once (energy.identity). :attr:`index` keeps the NVML index.
 
     Raises :class:`EnergySourceUnavailable` when NVML cannot start (no driver, no library, no such
     GPU) or the GPU reports neither an energy counter nor power. ``clock`` (seconds, monotonic) is
@@ -79,6 +81,8 @@ class NvmlMeter(EnergyMeter):
     """
 
     source = "nvml"
+    idle_included = True
+    cpu_scope = None
 
     def __init__(self, device: str = "cuda", *, clock: Callable[[], float] = time.monotonic) -> None:
         try:
@@ -121,6 +125,7 @@ class NvmlMeter(EnergyMeter):
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         except pynvml.NVMLError as exc:
             raise EnergySourceUnavailable(f"cannot open GPU {index} through NVML: {exc}") from exc
+        self._label = self._identity(index)
 
         self._total_j: float = 0.0
         try:
@@ -146,6 +151,19 @@ class NvmlMeter(EnergyMeter):
             "which is accurate only when read often (the sampler does)",
             self._label,
         )
+
+    def _identity(self, index: int) -> str:
+        """The GPU's UUID, else its PCI bus id, else ``gpu{index}`` (each call may be unsupported)."""
+        pynvml = self._nvml
+        for read in (pynvml.nvmlDeviceGetUUID, lambda h: pynvml.nvmlDeviceGetPciInfo(h).busId):
+            try:
+                value = read(self._handle)
+            except (pynvml.NVMLError, AttributeError):
+                continue
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            if text.strip():
+                return text.strip()
+        return f"gpu{index}"
 
     @property
     def devices(self) -> list[str]:

@@ -133,7 +133,7 @@ def _timed_loop(
             synchronize()
         durations.append(time.monotonic() - t0)
     loop_end = time.monotonic()
-    return durations, loop_end - loop_start, sampler.energy_between(loop_start, loop_end)
+    return durations, loop_end - loop_start, sampler.energy_between(loop_start, loop_end, settle=True)
 
 
 def check_counts(warmup: int, repeats: int, min_time_s: float) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from energy.base import EnergyError, EnergyMeter, EnergySourceUnavailable
+from energy.identity import host_id
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +93,16 @@ def _label_for(dir_name: str, zone_name: str) -> str | None:
 
 
 class RaplMeter(EnergyMeter):
-    """Cumulative CPU package + DRAM energy per RAPL zone, labelled ``package-N`` / ``dram-N``.
+    """Cumulative CPU package + DRAM energy per RAPL zone, labelled ``<host>:package-N`` / ``<host>:dram-N``
+    (``<host>``: :func:`energy.identity.host_id`).
 
     Raises :class:`EnergySourceUnavailable` when there are no RAPL zones under ``powercap_root`` or
     their counters cannot be read (typically: not root).
     """
 
     source = "rapl"
+    idle_included = True
+    cpu_scope = "machine"
 
     def __init__(self, powercap_root: str | os.PathLike[str] = DEFAULT_POWERCAP_ROOT) -> None:
         root = Path(powercap_root)
@@ -116,6 +120,7 @@ class RaplMeter(EnergyMeter):
                     "not counting RAPL zone %s (%s): nested in or covering a package", dir_name, zone_name
                 )
                 continue
+            label = f"{host_id()}:{label}"  # the physical package (energy.identity)
             if label in (zone.label for zone in self._zones):
                 label = f"{label}@{dir_name}"  # unusual layout; keep labels unique rather than merge zones
             self._zones.append(self._open_zone(zone_dir, label))

@@ -23,6 +23,13 @@ class FakeClock:
         self.now_s += seconds
 
 
+@pytest.fixture(autouse=True)
+def fixed_host_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device labels carry the kernel's boot id (energy.identity); "host" in these tests."""
+    monkeypatch.setattr("energy.rapl.host_id", lambda: "host")
+    monkeypatch.setattr("energy.identity.host_id", lambda: "host")
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -76,6 +83,7 @@ class FakeNvml:
         self.init_calls = 0
         self.shutdown_calls = 0
         self.opened: list[int] = []
+        self.uuid_supported = True
         self.module = self._build_module()
 
     def _build_module(self) -> types.ModuleType:
@@ -107,6 +115,16 @@ class FakeNvml:
                 raise NVMLError_NotSupported()
             return self.energy_mj
 
+        def get_uuid(handle: tuple[str, int]) -> str:
+            if not self.uuid_supported:
+                raise NVMLError_NotSupported()
+            return f"GPU-fake-{handle[1]}"
+
+        def get_pci(handle: tuple[str, int]) -> object:
+            raise NVMLError_NotSupported()
+
+        module.nvmlDeviceGetUUID = get_uuid  # type: ignore[attr-defined]
+        module.nvmlDeviceGetPciInfo = get_pci  # type: ignore[attr-defined]
         module.NVMLError = NVMLError  # type: ignore[attr-defined]
         module.NVMLError_NotSupported = NVMLError_NotSupported  # type: ignore[attr-defined]
         module.nvmlInit = nvml_init  # type: ignore[attr-defined]

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from energy import SOURCES, EnergySourceUnavailable, EstimateMeter, create_meter
+from energy import SOURCE_CHOICES, SOURCES, EnergySourceUnavailable, EstimateMeter, create_meter
 from tests.energy.conftest import FakeNvml
 
 
 def test_sources() -> None:
     assert SOURCES == ("nvml", "rapl", "estimate")
+    assert SOURCE_CHOICES == ("auto", "nvml", "rapl", "estimate", "synthetic")
 
 
 def test_auto_on_cpu_without_rapl_falls_back_to_estimate(
@@ -33,13 +34,13 @@ def test_auto_on_cpu_with_rapl(rapl_tree: dict[str, Path]) -> None:
     meter = create_meter(powercap_root=rapl_tree["root"])
 
     assert meter.source == "rapl"
-    assert "package-0" in meter.devices
+    assert "host:package-0" in meter.devices
 
 
 def test_auto_on_cuda_uses_nvml(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     with create_meter(device="cuda:0", powercap_root=tmp_path) as meter:
         assert meter.source == "nvml"
-        assert meter.devices == ["gpu0"]
+        assert meter.devices == ["GPU-fake-0"]
 
 
 def test_auto_on_cuda_without_nvml_logs_each_skipped_source(

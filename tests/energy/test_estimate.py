@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import pytest
@@ -23,10 +24,10 @@ def test_joules_are_cpu_seconds_times_watts(clock: FakeClock) -> None:
 
     assert meter.source == "estimate"
     assert meter.is_estimate
-    assert meter.devices == ["cpu"]
-    assert meter.read_j() == {"cpu": 0.0}
+    assert meter.devices == [f"estimate:host:{os.getpid()}"]  # per process (energy.identity)
+    assert meter.read_j() == {meter.devices[0]: 0.0}
     clock.advance(2.0)  # two CPU-seconds, e.g. two threads busy for one second
-    assert meter.read_j() == {"cpu": pytest.approx(25.0)}
+    assert meter.read_j() == {meter.devices[0]: pytest.approx(25.0)}
 
 
 def test_default_watts_per_core(clock: FakeClock) -> None:
@@ -34,16 +35,16 @@ def test_default_watts_per_core(clock: FakeClock) -> None:
     clock.advance(1.0)
 
     assert meter.watts_per_core == DEFAULT_WATTS_PER_CORE == 10.0
-    assert meter.read_j() == {"cpu": pytest.approx(10.0)}
+    assert meter.read_j() == {meter.devices[0]: pytest.approx(10.0)}
 
 
 def test_real_cpu_work_is_charged_at_watts_per_core() -> None:
     # Compared with this process's own CPU time, not wall time, so a loaded machine cannot flake it.
     meter = EstimateMeter(10.0)
     cpu_before_s = time.process_time()
-    start_j = meter.read_j()["cpu"]
+    start_j = meter.read_j()[meter.devices[0]]
     _busy(300_000)
-    end_j = meter.read_j()["cpu"]
+    end_j = meter.read_j()[meter.devices[0]]
     cpu_s = time.process_time() - cpu_before_s
 
     assert 0 < end_j - start_j <= cpu_s * 10.0 + 1e-9
@@ -55,9 +56,9 @@ def test_twice_the_work_is_about_twice_the_joules() -> None:
     _busy(50_000)  # warm up
 
     def joules_for(iterations: int) -> float:
-        start_j = meter.read_j()["cpu"]
+        start_j = meter.read_j()[meter.devices[0]]
         _busy(iterations)
-        return meter.read_j()["cpu"] - start_j
+        return meter.read_j()[meter.devices[0]] - start_j
 
     # Interleaved, the cheapest of five each: another busy process on a sibling hyperthread slows
     # the same work (more CPU time) for a while, and must not land on one side only.
@@ -71,10 +72,10 @@ def test_twice_the_work_is_about_twice_the_joules() -> None:
 def test_never_decreases(clock: FakeClock) -> None:
     meter = EstimateMeter(cpu_time_s=clock)
     clock.advance(1.0)
-    first = meter.read_j()["cpu"]
+    first = meter.read_j()[meter.devices[0]]
     clock.advance(-0.5)  # a misbehaving clock must not make energy go backwards
 
-    assert meter.read_j()["cpu"] == first
+    assert meter.read_j()[meter.devices[0]] == first
 
 
 @pytest.mark.parametrize("watts_per_core", [0.0, -5.0, math.nan, math.inf])

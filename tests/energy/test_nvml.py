@@ -13,22 +13,22 @@ def test_counter_path_reads_millijoules_since_creation(fake_nvml: FakeNvml) -> N
     meter = NvmlMeter("cuda:1")
 
     assert meter.source == "nvml"
-    assert meter.devices == ["gpu1"]
+    assert meter.devices == ["GPU-fake-1"]
     assert fake_nvml.opened == [1]
     assert not meter.is_polling
-    assert meter.read_j() == {"gpu1": 0.0}
+    assert meter.read_j() == {"GPU-fake-1": 0.0}
     fake_nvml.energy_mj += 1_500
-    assert meter.read_j() == {"gpu1": pytest.approx(1.5)}
+    assert meter.read_j() == {"GPU-fake-1": pytest.approx(1.5)}
 
 
 def test_counter_going_back_never_decreases_energy(fake_nvml: FakeNvml) -> None:
     meter = NvmlMeter("cuda")
     fake_nvml.energy_mj += 2_000
-    assert meter.read_j() == {"gpu0": pytest.approx(2.0)}
+    assert meter.read_j() == {"GPU-fake-0": pytest.approx(2.0)}
     fake_nvml.energy_mj = 10  # driver reloaded
-    assert meter.read_j() == {"gpu0": pytest.approx(2.0)}
+    assert meter.read_j() == {"GPU-fake-0": pytest.approx(2.0)}
     fake_nvml.energy_mj += 1_000
-    assert meter.read_j() == {"gpu0": pytest.approx(3.0)}
+    assert meter.read_j() == {"GPU-fake-0": pytest.approx(3.0)}
 
 
 def test_power_polling_integrates_trapezoids(fake_nvml: FakeNvml, clock: FakeClock) -> None:
@@ -38,10 +38,10 @@ def test_power_polling_integrates_trapezoids(fake_nvml: FakeNvml, clock: FakeClo
     assert meter.is_polling
 
     clock.advance(0.5)
-    assert meter.read_j() == {"gpu0": pytest.approx(50.0)}  # 100 W for 0.5 s
+    assert meter.read_j() == {"GPU-fake-0": pytest.approx(50.0)}  # 100 W for 0.5 s
     fake_nvml.power_mw = 300_000
     clock.advance(1.0)
-    assert meter.read_j() == {"gpu0": pytest.approx(50.0 + 200.0)}  # ramp 100 → 300 W over 1 s
+    assert meter.read_j() == {"GPU-fake-0": pytest.approx(50.0 + 200.0)}  # ramp 100 → 300 W over 1 s
 
 
 def test_init_failure_is_unavailable(fake_nvml: FakeNvml) -> None:
@@ -76,7 +76,7 @@ def test_close_is_idempotent_and_later_reads_fail(fake_nvml: FakeNvml) -> None:
 def test_cuda_visible_devices_maps_simple_lists(fake_nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
 
-    assert NvmlMeter("cuda:0").devices == ["gpu1"]  # labelled by the NVML / nvidia-smi index
+    assert NvmlMeter("cuda:0").devices == ["GPU-fake-1"]  # the GPU that NVML index 1 is
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,12 @@ def test_nvml_index() -> None:
         nvml_index(2, {"CUDA_VISIBLE_DEVICES": "0,1"})
     with pytest.raises(EnergySourceUnavailable, match="empty"):
         nvml_index(0, {"CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_device_label_is_the_gpus_identity_else_its_index(fake_nvml: FakeNvml) -> None:
+    with NvmlMeter("cuda:1") as meter:
+        assert meter.devices == ["GPU-fake-1"]  # the same label in every replica on this GPU
+        assert meter.index == 1
+    fake_nvml.uuid_supported = False
+    with NvmlMeter("cuda:1") as meter:
+        assert meter.devices == ["gpu1"]  # neither UUID nor PCI bus id: the NVML index

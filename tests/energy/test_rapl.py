@@ -17,7 +17,7 @@ def test_counts_packages_and_dram_only(rapl_tree: dict[str, Path]) -> None:
 
     assert meter.source == "rapl"
     assert not meter.is_estimate
-    assert sorted(meter.devices) == ["dram-0", "dram-1", "package-0", "package-1"]
+    assert sorted(meter.devices) == ["host:dram-0", "host:dram-1", "host:package-0", "host:package-1"]
     assert meter.read_j() == dict.fromkeys(meter.devices, 0.0)
 
 
@@ -30,7 +30,12 @@ def test_reads_deltas_since_creation_and_ignores_nested_zones(rapl_tree: dict[st
     set_energy(rapl_tree["uncore-0"], 99_000_000)
     set_energy(rapl_tree["psys"], 99_000_000)
 
-    assert meter.read_j() == {"package-0": 2.5, "dram-0": 0.0, "package-1": 0.0, "dram-1": 0.5}
+    assert meter.read_j() == {
+        "host:package-0": 2.5,
+        "host:dram-0": 0.0,
+        "host:package-1": 0.0,
+        "host:dram-1": 0.5,
+    }
 
 
 def test_wraparound_gives_the_positive_delta(tmp_path: Path) -> None:
@@ -39,9 +44,9 @@ def test_wraparound_gives_the_positive_delta(tmp_path: Path) -> None:
     meter = RaplMeter(tmp_path)
 
     set_energy(zone, 200_000)  # wrapped: 0.3 J to the top of the range, then 0.2 J from zero
-    assert meter.read_j() == {"package-0": pytest.approx(0.5)}
+    assert meter.read_j() == {"host:package-0": pytest.approx(0.5)}
     set_energy(zone, 1_200_000)  # and accumulation continues normally after the wrap
-    assert meter.read_j() == {"package-0": pytest.approx(1.5)}
+    assert meter.read_j() == {"host:package-0": pytest.approx(1.5)}
 
 
 def test_wrapped_delta_uj() -> None:
@@ -56,7 +61,7 @@ def test_nested_layout_is_accepted(tmp_path: Path) -> None:
     write_zone(package, "intel-rapl:0:0", "core", 0)
     write_zone(package, "intel-rapl:0:1", "dram", 0)
 
-    assert RaplMeter(tmp_path).devices == ["package-0", "dram-0"]
+    assert RaplMeter(tmp_path).devices == ["host:package-0", "host:dram-0"]
 
 
 def test_permission_denied_says_what_to_do(
@@ -99,4 +104,4 @@ def test_zones_are_ordered_numerically(tmp_path: Path) -> None:
         write_zone(tmp_path, f"intel-rapl:{number}", f"package-{number}", 0)
         write_zone(tmp_path, f"intel-rapl:{number}:0", "dram", 0)
 
-    assert RaplMeter(tmp_path).devices == ["package-2", "dram-2", "package-10", "dram-10"]
+    assert RaplMeter(tmp_path).devices == ["host:package-2", "host:dram-2", "host:package-10", "host:dram-10"]
