@@ -12,7 +12,13 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 
-from energy import EnergySampler, EnergySourceUnavailable, create_meter
+from energy import (
+    CpuSpread,
+    EnergySourceUnavailable,
+    SyntheticSettings,
+    close_accountant,
+    create_accountant,
+)
 from service.api.errors import install_error_handlers
 from service.api.middleware import AccessLogMiddleware
 from service.api.routes import router
@@ -29,6 +35,10 @@ from service.tasks import create_logged_task
 
 logger = logging.getLogger(__name__)
 
+#: Start-up: how long to wait for the energy counter's period to be detected, and to measure idle.
+ENERGY_READY_TIMEOUT_S = 5.0
+IDLE_MEASURE_S = 1.0
+
 
 def _build_state(settings: Settings, classifier: Classifier | None) -> ServerState:
     """Load the model and open the energy meter (blocking; run in a thread at start-up)."""
@@ -36,24 +46,24 @@ def _build_state(settings: Settings, classifier: Classifier | None) -> ServerSta
         torch.set_num_threads(settings.torch_threads)
     classifier = classifier or load_classifier(settings)
     try:
-        meter = create_meter(
-            settings.energy_source, device=classifier.device, watts_per_core=settings.watts_per_core
+        accountant = create_accountant(
+            settings.energy_source,
+            device=classifier.device,
+            watts_per_core=settings.watts_per_core,
+            synthetic=SyntheticSettings(
+                settings.synthetic_idle_w, settings.synthetic_counter_period_ms, settings.synthetic_read_ms
+            ),
+            period_s=None if settings.energy_sample_ms is None else settings.energy_sample_ms / 1000,
         )
     except EnergySourceUnavailable as exc:
         raise ConfigurationError(str(exc)) from exc
-    sampler = EnergySampler(meter, period_s=settings.energy_sample_ms / 1000)
     metrics = Metrics(settings.max_batch_size)
-    metrics.attach_energy(sampler)
+    metrics.attach_energy(accountant)
     metrics.model_info.labels(
         model=classifier.name, device=classifier.device, weights=classifier.weights
     ).set(1)
     metrics.set_batching_config(settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
-    engine = InferenceEngine(
-        classifier,
-        sampler,
-        workers=settings.max_concurrent_batches,
-        on_batch_energy=metrics.observe_batch_energy,
-    )
+    engine = InferenceEngine(classifier, accountant, workers=settings.max_concurrent_batches)
     batcher: Batcher[torch.Tensor, ItemResult] = Batcher(
         engine.run_batch,
         BatchingConfig(settings.max_batch_size, settings.max_wait_ms, settings.max_queue),
@@ -61,22 +71,24 @@ def _build_state(settings: Settings, classifier: Classifier | None) -> ServerSta
         observer=metrics,
         name=f"batcher[{classifier.name}]",
     )
-    logger.info(
-        "model %s (weights %s) on %s; energy source %s (devices: %s)%s",
-        classifier.name,
-        classifier.weights,
-        classifier.device,
-        meter.source,
-        ", ".join(meter.devices),
-        " — an ESTIMATE, not a measurement" if meter.is_estimate else "",
-    )
+    for sampler in accountant.samplers:
+        meter = sampler.meter
+        logger.info(
+            "model %s (weights %s) on %s; energy source %s (devices: %s)%s",
+            classifier.name,
+            classifier.weights,
+            classifier.device,
+            meter.source,
+            ", ".join(meter.devices),
+            f" — {meter.source.upper()}, a model, not a measurement" if meter.is_model else "",
+        )
     return ServerState(
         settings=settings,
         metrics=metrics,
         limits=DecodeLimits(settings.max_body_bytes, settings.max_image_pixels),
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode"),
-        meter=meter,
-        sampler=sampler,
+        accountant=accountant,
+        serving=CpuSpread(),  # replaced in the lifespan: its clock is the event loop thread's
         engine=engine,
         batcher=batcher,
         started_at=time.time(),
@@ -84,6 +96,19 @@ def _build_state(settings: Settings, classifier: Classifier | None) -> ServerSta
 
 
 async def _warm_up(state: ServerState) -> None:
+    # The energy accounting first: the counter's update period is detected, and a CPU meter whose
+    # idle draw is unknown (RAPL) has it measured while nothing runs. A meter that fails here does
+    # not keep the server from serving: requests then report their energy as unknown.
+    for sampler in state.accountant.samplers:
+        if not await asyncio.to_thread(sampler.wait_ready, ENERGY_READY_TIMEOUT_S):
+            logger.warning("energy (%s): counter period not detected in time", sampler.source)
+    cpu = state.accountant.cpu
+    if cpu.idle_power_w is None:
+        try:
+            await asyncio.to_thread(cpu.measure_idle, IDLE_MEASURE_S)
+        except Exception:
+            logger.exception("energy (%s): measuring idle power failed; assuming 0 W", cpu.source)
+            cpu.idle_power_w = dict.fromkeys(cpu.devices, 0.0)
     if state.settings.warmup:
         try:
             sizes = (1, state.batcher.config.max_batch_size)
@@ -111,8 +136,10 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
         except ConfigurationError as exc:
             logger.error("cannot start: %s", exc)
             raise
+        state.serving = CpuSpread()  # here, in the event loop's thread, whose CPU clock it reads
         app.state.server = state
-        state.sampler.start()
+        for sampler in state.accountant.samplers:
+            sampler.start()
         state.batcher.start()
         warm = create_logged_task(_warm_up(state), name="warm-up")
         try:
@@ -126,8 +153,7 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
             logger.info("shutdown: %d accepted requests answered, %d failed", report.answered, report.failed)
             state.engine.close()
             state.decode_pool.shutdown(wait=False, cancel_futures=True)
-            state.sampler.stop()
-            state.meter.close()
+            close_accountant(state.accountant)
 
     # --record-trace: the recorder opens before the lifespan and closes after its drain, and its
     # middleware is the outermost, so every POST /classify is recorded, even one refused later.

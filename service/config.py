@@ -107,13 +107,35 @@ class Settings(BaseSettings):
     )
 
     # --- energy ---
-    energy_source: Literal["auto", "nvml", "rapl", "estimate"] = Field(
-        "auto", description="Energy source; auto tries nvml (cuda) or rapl, then estimate."
+    energy_source: Literal["auto", "nvml", "rapl", "estimate", "synthetic"] = Field(
+        "auto",
+        description=(
+            "Energy source; auto tries nvml (cuda) or rapl, then estimate. 'synthetic' (only when "
+            "named) is a known-truth model for testing the accounting: idle W + watts per core × CPU "
+            "time, read through a slow counter (docs/energy.md)."
+        ),
     )
     watts_per_core: float = Field(
-        10.0, gt=0, description="Estimate only: watts per fully busy core (see docs/energy.md)."
+        10.0, gt=0, description="estimate and synthetic: watts per fully busy core (see docs/energy.md)."
     )
-    energy_sample_ms: float = Field(20.0, ge=1, le=1000, description="Energy sampler period.")
+    energy_sample_ms: float | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description=(
+            "Energy sampler period (default: a quarter of the counter's update period, detected at "
+            "start-up, 5-50 ms; 20 ms for counters that change at every read)."
+        ),
+    )
+    synthetic_idle_w: float = Field(
+        10.0, ge=0, le=10_000, description="synthetic source: idle power (W), included in its counter."
+    )
+    synthetic_counter_period_ms: float = Field(
+        100.0, gt=0, le=10_000, description="synthetic source: how often its energy counter advances (ms)."
+    )
+    synthetic_read_ms: float = Field(
+        4.0, ge=0, le=1000, description="synthetic source: how long one read of its counter takes (ms)."
+    )
 
     # --- admin and logging ---
     admin_token: SecretStr | None = Field(

@@ -1,9 +1,11 @@
-"""Runs batches on the classifier and accounts their energy.
+"""Runs batches on the classifier and measures the model part of their energy.
 
 This is the glue between the generic :class:`~service.batching.Batcher` and a
-:class:`~service.model.Classifier`: ``run_batch`` executes one batch in the model's worker thread,
-reads the energy of exactly that compute interval from the sampler, and splits it evenly over the
-batch's requests (DESIGN.md, "Energy model"). Idle energy stays in the device totals.
+:class:`~service.model.Classifier`: ``run_batch`` executes one batch in the model's worker thread
+inside :meth:`energy.EnergyAccountant.batch_work`, which stamps the batch's start and end and its
+threads' CPU time (no meter is read here), and gives each request an equal share of the batch's
+model energy (docs/energy.md, the attribution model). A request's decode and serving parts are
+added by the route.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
-from energy import EnergySampler
+from energy import EnergyAccountant, StageEnergy
+from energy.cpuclock import process_thread_ids
 from service.errors import ModelError
 from service.model import Classifier
 
@@ -32,13 +34,13 @@ WARM_UP_BARRIER_S = 60.0
 
 @dataclass(frozen=True)
 class ItemResult:
-    """One item's share of a batch: top classes, and the batch's compute time and energy share."""
+    """One item's share of a batch: top classes, the batch's compute time, and its share of the
+    batch's model energy."""
 
     indices: list[int]
     scores: list[float]
     compute_s: float
-    energy_j: float
-    energy_source: str
+    energy: StageEnergy
 
 
 class InferenceEngine:
@@ -47,14 +49,12 @@ class InferenceEngine:
     def __init__(
         self,
         classifier: Classifier,
-        sampler: EnergySampler,
+        accountant: EnergyAccountant,
         *,
         workers: int = 1,
-        on_batch_energy: Callable[[str, float, int], None] | None = None,
     ) -> None:
         self.classifier = classifier
-        self.sampler = sampler
-        self._on_batch_energy = on_batch_energy
+        self.accountant = accountant
         self._workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
         self._top = min(MAX_TOP_K, len(classifier.labels))
@@ -80,6 +80,16 @@ class InferenceEngine:
                 for _ in range(self._workers)
             )
         )
+        self.share_pool_threads()
+
+    def share_pool_threads(self) -> None:
+        """Count the threads Python did not start (torch's intra-op pool, which warm-up created) as
+        model work shared by the batches running while they run (energy.accounting)."""
+        python_threads = {thread.native_id for thread in threading.enumerate()}
+        pool = [tid for tid in process_thread_ids() if tid not in python_threads]
+        self.accountant.share_threads(pool)
+        if pool:
+            logger.info("model energy includes %d thread(s) outside Python (torch's pool)", len(pool))
 
     def _warm_up_thread(self, batch_sizes: tuple[int, ...], barrier: threading.Barrier) -> None:
         barrier.wait(timeout=WARM_UP_BARRIER_S)
@@ -101,32 +111,27 @@ class InferenceEngine:
             )
 
     def _compute(self, batch: list[torch.Tensor]) -> list[ItemResult]:
-        # A reading at the start (as energy_between takes one at the end): for meters that read
-        # instantly (estimate, rapl) the batch's energy is then exact at both edges instead of
-        # interpolated over the sampler's period, which is ±(period ÷ batch time), ±15 % for a
-        # 140 ms batch at 20 ms. Slow counters (NVML) are still spread by the interpolation.
-        try:
-            t0, _ = self.sampler.sample()
-        except Exception:  # a meter that fails now is reported by the sampler; the batch goes on
-            t0 = time.monotonic()
-        probs = self.classifier.predict(batch)
-        if probs.ndim != 2 or probs.shape[0] != len(batch) or probs.shape[1] != len(self.classifier.labels):
-            raise ModelError(
-                f"model output has shape {tuple(probs.shape)} for a batch of {len(batch)} "
-                f"and {len(self.classifier.labels)} labels"
-            )
-        scores, indices = probs.topk(self._top, dim=1)
-        t1 = time.monotonic()
-        energy_j = self.sampler.energy_between(t0, t1)
-        share = energy_j / len(batch)
-        compute_s = t1 - t0
-        source = self.sampler.source
-        if self._on_batch_energy is not None:
-            self._on_batch_energy(source, energy_j, len(batch))
-        return [
-            ItemResult(idx, sc, compute_s, share, source)
-            for idx, sc in zip(indices.tolist(), scores.tolist(), strict=True)
-        ]
+        # Stamps and CPU clocks only: a meter read here (4 ms on NVML) would cap a server that
+        # computes batches of one at ~125 batches/s; the energy comes from the sampler's curve.
+        # The model threads do nothing else, so each batch is charged with its thread's CPU time
+        # since the previous batch ended (the executor's handling of the job included).
+        t0 = time.monotonic()
+        with self.accountant.batch_work("model", dedicated=True) as measured:
+            probs = self.classifier.predict(batch)
+            if (
+                probs.ndim != 2
+                or probs.shape[0] != len(batch)
+                or probs.shape[1] != len(self.classifier.labels)
+            ):
+                raise ModelError(
+                    f"model output has shape {tuple(probs.shape)} for a batch of {len(batch)} "
+                    f"and {len(self.classifier.labels)} labels"
+                )
+            scores, indices = probs.topk(self._top, dim=1)
+            rows = list(zip(indices.tolist(), scores.tolist(), strict=True))
+            compute_s = time.monotonic() - t0
+        share = measured[0].split(len(batch))
+        return [ItemResult(idx, sc, compute_s, share) for idx, sc in rows]
 
     async def run_batch(self, batch: list[torch.Tensor]) -> list[ItemResult]:
         """The batcher's batch function: compute in the worker thread; failures become ModelError."""

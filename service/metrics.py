@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from energy import EnergySampler
+from energy import EnergyAccountant
+from service.request_energy import STAGES, RequestEnergy
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ENERGY_BUCKETS_J = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -29,27 +30,58 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 
 class _EnergyCollector(Collector):
-    def __init__(self, sampler: EnergySampler) -> None:
-        self._sampler = sampler
+    """Device energy and power from the samplers' curves, and the accountant's totals, at scrape time."""
+
+    def __init__(self, accountant: EnergyAccountant) -> None:
+        self._accountant = accountant
 
     def collect(self) -> Iterator[Metric]:
-        source = self._sampler.source
         energy = CounterMetricFamily(
             "greenserve_device_energy_joules",
-            "Energy of the measured devices since start, idle included (Units: J).",
+            "Energy of each measured device since start, idle included; `device` names the physical "
+            "device, so replicas on one device add it once (Units: J).",
             labels=["source", "device"],
         )
-        for device, joules in self._sampler.total_j().items():
-            energy.add_metric([source, device], joules)
         power = GaugeMetricFamily(
             "greenserve_power_watts",
             "Mean power of each measured device over the last second (Units: W).",
             labels=["source", "device"],
         )
-        for device, watts in self._sampler.power_w().items():
-            power.add_metric([source, device], watts)
+        errors = CounterMetricFamily(
+            "greenserve_energy_read_errors",
+            "Failed meter reads and stall episodes; the energy of work done meanwhile is unknown.",
+            labels=["source"],
+        )
+        for sampler in self._accountant.samplers:
+            for device, joules in sampler.total_j().items():
+                energy.add_metric([sampler.source, device], joules)
+            for device, watts in sampler.power_w().items():
+                power.add_metric([sampler.source, device], watts)
+            sampler.status()  # notices a stall even when no request asks
+            errors.add_metric([sampler.source], sampler.read_errors)
+        stage = CounterMetricFamily(
+            "greenserve_stage_energy_joules",
+            "Energy attributed to requests' work by stage: model (its batch's share), decode, serving "
+            "(HTTP and event loop); idle draw excluded except a GPU's during its batches (Units: J).",
+            labels=["stage", "source"],
+        )
+        attributed = self._accountant.attributed_j()
+        for name in STAGES:
+            for source in self._accountant.sources:
+                stage.add_metric([name, source], attributed.get((name, source), 0.0))
+        idle = CounterMetricFamily(
+            "greenserve_idle_energy_joules",
+            "Device energy attributed to no request: idle draw, other processes and threads "
+            "(device energy = stage energy + this, per device) (Units: J).",
+            labels=["source", "device"],
+        )
+        for (source, device), joules in self._accountant.idle_j().items():
+            idle.add_metric([source, device], joules)
         yield energy
         yield power
+        yield stage
+        yield idle
+        yield errors
 
 
 class Metrics:
@@ -93,13 +125,15 @@ class Metrics:
             self.rejected.labels(reason=reason)
         self.batch_energy = Counter(
             "greenserve_batch_energy_joules",
-            "Energy of computed batches' intervals (Units: J).",
+            "Energy attributed to requests answered 200, all parts (model share, decode, serving), "
+            "by meter source: ÷ requests answered 200 = attributed J/request (Units: J).",
             ["source"],
             registry=r,
         )
         self.request_energy = Histogram(
             "greenserve_request_energy_joules",
-            "Energy per request: its batch's energy divided by the batch size (Units: J).",
+            "Energy of each request answered 200 (energy_j: model share + decode + serving), by its "
+            "energy_source (Units: J).",
             ["source"],
             buckets=ENERGY_BUCKETS_J,
             registry=r,
@@ -114,21 +148,24 @@ class Metrics:
             registry=r,
         )
 
-    def attach_energy(self, sampler: EnergySampler) -> None:
-        self.registry.register(_EnergyCollector(sampler))
-        self.batch_energy.labels(source=sampler.source)
+    def attach_energy(self, accountant: EnergyAccountant) -> None:
+        self.registry.register(_EnergyCollector(accountant))
+        for source in accountant.sources:
+            self.batch_energy.labels(source=source)
 
     def set_batching_config(self, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
         self.batching_config.labels(param="max_batch_size").set(max_batch_size)
         self.batching_config.labels(param="max_wait_ms").set(max_wait_ms)
         self.batching_config.labels(param="max_queue").set(max_queue)
 
-    def observe_batch_energy(self, source: str, batch_energy_j: float, batch_size: int) -> None:
-        self.batch_energy.labels(source=source).inc(batch_energy_j)
-        share = batch_energy_j / batch_size
-        histogram = self.request_energy.labels(source=source)
-        for _ in range(batch_size):
-            histogram.observe(share)
+    def observe_request_energy(self, energy: RequestEnergy, source: str) -> None:
+        """A request answered 200: its energy, unless unknown (then the read errors say why)."""
+        joules = energy.joules
+        if joules is None:
+            return
+        for part_source, part_j in energy.by_source().items():
+            self.batch_energy.labels(source=part_source).inc(part_j)
+        self.request_energy.labels(source=source).observe(joules)
 
     # --- BatcherObserver ---------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from energy import EnergyMeter, EnergySampler
+from energy import CpuSpread, EnergyAccountant, EnergyMeter
 from service.batching import Batcher
 from service.config import Settings
 from service.imaging import DecodeLimits
@@ -30,8 +30,8 @@ class ServerState:
     metrics: Metrics
     limits: DecodeLimits
     decode_pool: ThreadPoolExecutor
-    meter: EnergyMeter
-    sampler: EnergySampler
+    accountant: EnergyAccountant
+    serving: CpuSpread  # the event loop's CPU time per request it finished
     engine: InferenceEngine
     batcher: Batcher[torch.Tensor, ItemResult]
     phase: Phase = Phase.STARTING
@@ -39,6 +39,11 @@ class ServerState:
     started_at: float = field(default=0.0)
     #: ``time.monotonic()`` by which the drain must be over; set once, when draining begins.
     drain_deadline: float | None = None
+
+    @property
+    def meter(self) -> EnergyMeter:
+        """The meter of the model's device (the accelerator's when there is one)."""
+        return self.accountant.samplers[0].meter
 
     def begin_draining(self) -> None:
         """Mark the server as draining and fix the drain's one deadline, ``drain_timeout_s`` from

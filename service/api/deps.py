@@ -11,7 +11,9 @@ from service.errors import NotReadyError, UnauthorizedError
 from service.state import ServerState
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
+    # async: FastAPI runs a plain-def dependency in a worker thread, a thread hop (and CPU outside
+    # the event loop, which no request's energy would see) for an attribute lookup.
     state = getattr(request.app.state, "server", None)
     if state is None:
         raise NotReadyError("server is starting")
@@ -22,7 +24,7 @@ def get_state(request: Request) -> ServerState:
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
-def require_admin(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
     """PUT endpoints: a bearer token when one is configured (compared in constant time)."""
     token = state.settings.admin_token
     if token is None:

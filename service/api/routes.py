@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from energy import EnergyAccountant, StageEnergy
 from service.api.deps import AdminDep, StateDep
 from service.api.errors import error_response
 from service.errors import (
@@ -26,6 +27,7 @@ from service.errors import (
 )
 from service.imaging import check_media_type, decode_image
 from service.inference import MAX_TOP_K
+from service.request_energy import RequestEnergy
 from service.state import Phase, ServerState
 
 router = APIRouter()
@@ -43,8 +45,28 @@ class ClassifyResponse(BaseModel):
     batch_size: int
     queue_ms: float
     compute_ms: float
-    energy_j: float = Field(description="This request's share of its batch's energy (Units: J).")
-    energy_source: str = Field(description="nvml, rapl or estimate: where energy_j comes from.")
+    energy_j: float | None = Field(
+        description=(
+            "This request's energy: its share of its batch's model compute, its own decode and its "
+            "share of the serving work (Units: J). null when a meter failed or stalled "
+            "(energy_source says why)."
+        )
+    )
+    energy_parts_j: dict[str, float] | None = Field(
+        description="energy_j by stage: model, decode, serving (Units: J); null when unknown."
+    )
+    energy_source: str = Field(
+        description=(
+            "Where energy_j comes from: nvml, rapl, estimate or synthetic, or two joined by '+' (a GPU's "
+            "model part and a CPU meter's parts, e.g. nvml+rapl); 'unknown: <why>' when it is not known."
+        )
+    )
+    energy_idle_included: bool = Field(
+        description=(
+            "Whether energy_j includes idle (static) draw: only a GPU's during its batch (nvml). CPU "
+            "parts are above idle; idle energy is greenserve_idle_energy_joules_total."
+        )
+    )
     request_id: str
 
 
@@ -59,6 +81,10 @@ class BatchingUpdate(BaseModel):
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
     max_queue: int | None = None
+
+
+def _gpu_idle_included(accountant: EnergyAccountant) -> bool:
+    return accountant.accelerator is not None and accountant.accelerator.meter.idle_included
 
 
 def _check_serving(state: ServerState) -> None:
@@ -158,15 +184,21 @@ async def classify(
     classifier = state.engine.classifier
     loop = asyncio.get_running_loop()
 
-    def decode() -> torch.Tensor:
-        return classifier.preprocess(decode_image(data, state.limits, draft_size=classifier.draft_size))
+    accountant = state.accountant
+
+    def decode() -> tuple[torch.Tensor, StageEnergy]:
+        # The decode thread's CPU time (since its previous decode: the pool's handling included),
+        # priced at the CPU meter's J per CPU-second.
+        with accountant.thread_work("decode", dedicated=True) as measured:
+            tensor = classifier.preprocess(decode_image(data, state.limits, draft_size=classifier.draft_size))
+        return tensor, measured[0]
 
     # Admission before any work: a full queue (queued requests plus those being read and decoded)
     # is a 429 before the body is read or decoded, which also bounds the decode pool's backlog.
     # Leaving the block gives the place back unless submit used it: no leak on any error or 499.
     with state.batcher.reserve() as admission:
         data = await _image_bytes(request, state)
-        tensor = await loop.run_in_executor(state.decode_pool, decode)
+        tensor, decoded = await loop.run_in_executor(state.decode_pool, decode)
         submitted = asyncio.ensure_future(
             state.batcher.submit(tensor, deadline=deadline, admission=admission)
         )
@@ -187,10 +219,17 @@ async def classify(
     labels = classifier.labels
     request_id = str(request.scope["state"]["request_id"])
     k = min(top_k, len(item.indices))
+    # The event loop's CPU time per request it finished over the last second (this request's share
+    # of parsing, routing, batching and answering), priced like the decode.
+    serving = accountant.cpu_work("serving", state.serving.per_event_cpu_s())
+    energy = RequestEnergy((item.energy, decoded, serving), idle_included=_gpu_idle_included(accountant))
+    energy_j = energy.joules
+    energy_source = energy.source(accountant.sources)
+    state.metrics.observe_request_energy(energy, energy_source)
     request.scope["state"]["log_extra"] = {
         "batch_size": outcome.batch_size,
-        "energy_j": item.energy_j,
-        "energy_source": item.energy_source,
+        "energy_j": energy_j,
+        "energy_source": energy_source,
     }
     # A plain dict in a JSONResponse: FastAPI would otherwise validate the response model again on
     # the hot path; ClassifyResponse stays the documented schema (response_model above).
@@ -204,8 +243,10 @@ async def classify(
             "batch_size": outcome.batch_size,
             "queue_ms": outcome.queue_wait_s * 1000,
             "compute_ms": item.compute_s * 1000,
-            "energy_j": item.energy_j,
-            "energy_source": item.energy_source,
+            "energy_j": energy_j,
+            "energy_parts_j": energy.parts_j(),
+            "energy_source": energy_source,
+            "energy_idle_included": energy.idle_included,
             "request_id": request_id,
         }
     )
@@ -241,8 +282,10 @@ async def model_info(state: StateDep) -> dict[str, Any]:
         **classifier.describe(),
         "labels": list(classifier.labels),
         "energy_source": state.meter.source,
-        "energy_devices": state.meter.devices,
+        "energy_sources": state.accountant.sources,
+        "energy_devices": [d for sampler in state.accountant.samplers for d in sampler.devices],
         "energy_is_estimate": state.meter.is_estimate,
+        "energy_is_model": any(sampler.meter.is_model for sampler in state.accountant.samplers),
         "phase": state.phase.value,
     }
 

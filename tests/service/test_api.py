@@ -53,13 +53,19 @@ async def test_classify_multipart_and_raw_body() -> None:
         "queue_ms",
         "compute_ms",
         "energy_j",
+        "energy_parts_j",
         "energy_source",
+        "energy_idle_included",
         "request_id",
     }
     assert body["model"] == "fake"
     assert body["predictions"][0] == {"index": 3, "label": "class-3", "score": pytest.approx(1.0, abs=1e-3)}
     assert len(body["predictions"]) == 4  # top_k defaults to 5, capped by the number of classes
-    assert body["energy_source"] == "estimate" and body["energy_j"] >= 0
+    assert body["energy_source"] == "estimate" and body["energy_j"] > 0
+    parts = body["energy_parts_j"]
+    assert set(parts) == {"model", "decode", "serving"} and all(v >= 0 for v in parts.values())
+    assert sum(parts.values()) == pytest.approx(body["energy_j"])
+    assert body["energy_idle_included"] is False  # CPU parts are above idle
     assert body["batch_size"] >= 1 and body["queue_ms"] >= 0 and body["compute_ms"] >= 0
     assert raw.json()["request_id"] == "my-id-1" == raw.headers["x-request-id"]
     assert raw.json()["predictions"][0]["index"] == 1

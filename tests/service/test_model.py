@@ -123,18 +123,22 @@ def test_factory_models(tmp_path: Path) -> None:
 
 
 def test_noop_classifier_and_engine_energy_split() -> None:
-    from energy import EnergySampler, create_meter
+    from energy import close_accountant, create_accountant
 
-    sampler = EnergySampler(create_meter("estimate"))
-    seen: list[tuple[str, float, int]] = []
-    engine = InferenceEngine(NoopClassifier(), sampler, on_batch_energy=lambda *a: seen.append(a))
+    accountant = create_accountant("estimate")
+    for _ in range(3):  # the curve needs two points before it prices CPU time
+        accountant.cpu.sample()
+        time.sleep(0.01)
+    engine = InferenceEngine(NoopClassifier(), accountant)
     items = engine._compute([torch.zeros(1)] * 4)
     engine.close()
+    close_accountant(accountant)
     assert len(items) == 4
-    assert {i.energy_source for i in items} == {"estimate"}
-    ((source, batch_j, size),) = seen
-    assert source == "estimate" and size == 4
-    assert sum(i.energy_j for i in items) == pytest.approx(batch_j)
+    assert {tuple(i.energy.by_source) for i in items} == {("estimate",)}
+    (((stage, source), batch_j),) = accountant.attributed_j().items()
+    assert stage == "model" and source == "estimate"
+    assert sum(i.energy.joules or 0.0 for i in items) == pytest.approx(batch_j)
+    assert len({i.energy.joules for i in items}) == 1  # equal shares
     assert len(items[0].indices) == 10
 
 
@@ -155,10 +159,10 @@ class _ThreadRecorder(NoopClassifier):
 async def test_warm_up_runs_each_size_in_every_thread_that_will_serve(workers: int) -> None:
     """Thread-local state (torch/oneDNN scratch, the OpenMP team) is warmed only in the thread that
     ran: warming elsewhere left the first served batch cold."""
-    from energy import EnergySampler, create_meter
+    from energy import create_accountant
 
     classifier = _ThreadRecorder()
-    engine = InferenceEngine(classifier, EnergySampler(create_meter("estimate")), workers=workers)
+    engine = InferenceEngine(classifier, create_accountant("estimate"), workers=workers)
     try:
         await engine.warm_up((1, 8))
         warmed = {(thread, size) for thread, size in classifier.calls}

@@ -68,16 +68,13 @@ def test_embedded_model_classifies_held_out_digits_over_http(tmp_path: Path) -> 
         assert batches < 64, "64 concurrent requests were never batched"
         assert metric(text, "greenserve_requests_total", '{status="200"}') == 64
         energy = metric(text, "greenserve_batch_energy_joules_total", '{source="estimate"}')
-        device = metric(text, "greenserve_device_energy_joules_total", '{device="cpu",source="estimate"}')
+        device = metric(text, "greenserve_device_energy_joules_total")
         assert 0 < energy <= device
         assert httpx.get(f"{server.url}/readyz").status_code == 200
         # Device energy keeps increasing (idle included); batch energy only with work.
         asyncio.run(asyncio.sleep(0.3))
         later = httpx.get(f"{server.url}/metrics").text
-        assert (
-            metric(later, "greenserve_device_energy_joules_total", '{device="cpu",source="estimate"}')
-            > device
-        )
+        assert metric(later, "greenserve_device_energy_joules_total") > device
         assert_graceful_exit(server.stop(), server.log())
 
 
