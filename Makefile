@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint typecheck check bench bench-sim loadtest sweep train-default train-ablation train-hpo zoo up down clean
+.PHONY: help venv run test lint typecheck check bench bench-energy bench-sim loadtest sweep train-default train-ablation train-hpo zoo up down clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ check: lint typecheck test  ## Everything CI checks
 
 bench: $(STAMP)  ## Serving benchmark: offline vs served throughput and J/image, no-op overhead
 	$(PY) -m bench.serving $(ARGS)
+
+bench-energy: $(STAMP)  ## Energy accounting: 0 J responses, closure on the device counter, J/request vs truth, p99/p50 (synthetic, estimate)
+	$(PY) -m bench.energy $(ARGS)
 
 bench-sim: $(STAMP)  ## Simulator vs real sweep: p99 and J/request errors on 2 models x 2 traces (results/bench-sim)
 	$(PY) -m bench.sim $(ARGS)
