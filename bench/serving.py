@@ -224,7 +224,8 @@ class ServedPoint:
     server_cpu_ms_per_request: float | None
     other_cpu_cores: float | None
     energy_source: str | None = None
-    #: Mean of the responses' ``energy_j``: each request's share of its batch's compute energy.
+    #: Mean of the responses' ``energy_j``: each request's whole cost (its batch's model share, its
+    #: decode, its share of the serving work), idle excluded.
     energy_j_per_request: float | None = None
     #: Cross-check: Δ greenserve_batch_energy_joules_total ÷ Δ greenserve_requests_total{status="200"}.
     energy_j_per_request_metrics: float | None = None
@@ -298,7 +299,7 @@ def measure_offline(
     t1 = time.monotonic()
     cpu_s = time.process_time() - cpu0
     machine_s = delta(machine0, machine_busy_cpu_s())
-    energy_j = sampler.energy_between(t0, t1)
+    energy_j = sampler.energy_between(t0, t1, settle=True)  # offline: wait for the counter to cover t1
     wall_s = t1 - t0
     images = done * batch_size
     return OfflinePoint(

@@ -173,3 +173,66 @@ def test_cpu_spread_divides_a_threads_cpu_time_over_its_events() -> None:
         spread.count()
 
     assert spread.per_event_cpu_s() == pytest.approx(0.002, rel=0.5)
+
+
+class ClockPowerMeter(EnergyMeter):
+    """A GPU-like meter: constant power on the real monotonic clock, read exactly."""
+
+    source = "nvml"
+    cpu_scope = None
+
+    def __init__(self, power_w: float) -> None:
+        self.power_w, self.start_s = power_w, time.monotonic()
+
+    @property
+    def devices(self) -> list[str]:
+        return ["GPU-test"]
+
+    def read_j(self) -> dict[str, float]:
+        return {"GPU-test": self.power_w * (time.monotonic() - self.start_s)}
+
+
+def test_overlapping_gpu_batches_share_the_device_and_count_it_once(clock: FakeClock) -> None:
+    cpu_accountant, _meter, _cpu = primed(clock)
+    gpu = EnergySampler(ClockPowerMeter(200.0), period_s=0.005)
+    gpu.start()
+    accountant = EnergyAccountant(cpu_accountant.cpu, gpu)
+    try:
+        assert gpu.wait_ready(5)
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        results: dict[str, float] = {}
+        spans: dict[str, float] = {}
+        first_open = time.monotonic()
+
+        def batch(name: str, wait_for: threading.Event, signal: threading.Event) -> None:
+            started = time.monotonic()
+            with accountant.batch_work("model") as measured:
+                signal.set()
+                wait_for.wait(5)
+                time.sleep(0.1)
+            spans[name] = time.monotonic() - started
+            results[name] = measured[0].by_source["nvml"]
+
+        a = threading.Thread(target=batch, args=("a", b_in, a_in))  # a: opens first, closes after b opened
+        a.start()
+        assert a_in.wait(5)
+        time.sleep(0.1)  # a alone for 0.1 s
+        b = threading.Thread(target=batch, args=("b", a_out, b_in))
+        b.start()
+        a.join()
+        a_out.set()
+        b.join()
+        last_close = time.monotonic()
+        union_j = 200.0 * (last_close - first_open)
+
+        # Each batch got less than its whole interval's energy (the overlap is shared) and together
+        # they got the device's energy over the union of their intervals, once.
+        assert results["a"] + results["b"] == pytest.approx(union_j, rel=0.1)
+        for name in ("a", "b"):  # each alone for about half its interval: about 3/4 of its energy
+            assert results[name] < 200.0 * spans[name] * 0.9, (name, results[name], spans[name])
+        gpu_attributed = sum(
+            j for (stage, source), j in accountant.attributed_j().items() if source == "nvml"
+        )
+        assert gpu_attributed == pytest.approx(results["a"] + results["b"])
+    finally:
+        gpu.stop()
