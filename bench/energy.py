@@ -60,6 +60,7 @@ class EnergyCheck:
     device_j: float
     idle_j: float
     seconds: float
+    parts_mean_j: dict[str, float]  # mean energy_parts_j over the requests: model, decode, serving
 
 
 def process_cpu_s(pid: int) -> float:
@@ -154,6 +155,11 @@ def measure(
     p99_over_p50 = (
         statistics.quantiles(same, n=100)[98] / statistics.median(same) if len(same) >= 2 else float("nan")
     )
+    parts = [a["energy_parts_j"] for a in answers if isinstance(a.get("energy_parts_j"), dict)]
+    parts_mean = {
+        stage: statistics.fmean(float(p[stage]) for p in parts) if parts else float("nan")  # type: ignore[index]
+        for stage in ("model", "decode", "serving")
+    }
     return EnergyCheck(
         source=source,
         model=model,
@@ -168,6 +174,7 @@ def measure(
         device_j=device_j,
         idle_j=idle_j,
         seconds=t1 - t0,
+        parts_mean_j=parts_mean,
     )
 
 
@@ -187,6 +194,7 @@ def render(checks: Sequence[EnergyCheck]) -> str:
         "truth mJ/request",
         "mean ÷ truth",
         "p99 ÷ p50 (batch size)",
+        "parts mJ: model / decode / serving",
     ):
         table.add_column(column, justify="right")
     for c in checks:
@@ -199,8 +207,9 @@ def render(checks: Sequence[EnergyCheck]) -> str:
             f"{c.truth_j * 1000:.3f}",
             f"{c.mean_vs_truth:.3f}",
             f"{c.p99_over_p50:.2f} ({c.batch_size})",
+            " / ".join(f"{c.parts_mean_j[k] * 1000:.2f}" for k in ("model", "decode", "serving")),
         )
-    console = Console(file=io.StringIO(), width=140, record=True)
+    console = Console(file=io.StringIO(), width=170, record=True)
     console.print(table)
     console.print(
         "truth: watts per core × the server's CPU seconds (/proc) ÷ requests — the source's own power "
