@@ -82,3 +82,44 @@ def test_unknown_source_lists_valid_names() -> None:
 def test_bad_watts_per_core_fails_even_when_unused(rapl_tree: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="-1"):
         create_meter(powercap_root=rapl_tree["root"], watts_per_core=-1.0)
+
+
+def test_accountant_on_a_gpu_prices_cpu_work_with_a_cpu_meter(fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    from energy import close_accountant, create_accountant
+
+    accountant = create_accountant("auto", device="cuda:0", powercap_root=tmp_path)
+    try:
+        assert accountant.accelerator is not None and accountant.accelerator.source == "nvml"
+        assert accountant.cpu.source == "estimate"  # no RAPL here: the CPU side falls back
+        assert accountant.sources == ["nvml", "estimate"]
+        assert accountant.accelerator.meter.cpu_scope is None and accountant.cpu.meter.cpu_scope == "process"
+    finally:
+        close_accountant(accountant)
+    assert fake_nvml.shutdown_calls == 1
+
+
+def test_accountant_on_rapl_counts_the_machines_cpu_and_has_no_idle_until_measured(
+    rapl_tree: dict[str, Path],
+) -> None:
+    from energy import close_accountant, create_accountant
+
+    accountant = create_accountant("rapl", powercap_root=rapl_tree["root"])
+    try:
+        assert accountant.accelerator is None and accountant.cpu.source == "rapl"
+        assert accountant.cpu.meter.cpu_scope == "machine"  # every process on the package
+        assert accountant.cpu.idle_power_w is None  # the server measures it at start-up
+        idle = accountant.cpu.measure_idle(0.05)
+        assert set(idle) == set(accountant.cpu.devices) and all(w == 0.0 for w in idle.values())
+    finally:
+        close_accountant(accountant)
+
+
+def test_a_cpu_source_on_a_cuda_device_warns_that_the_gpu_is_not_measured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from energy import close_accountant, create_accountant
+
+    caplog.set_level(logging.WARNING, logger="energy")
+    accountant = create_accountant("estimate", device="cuda")
+    close_accountant(accountant)
+    assert any("GPU's own energy is not in any figure" in r.getMessage() for r in caplog.records)
