@@ -23,6 +23,20 @@ def test_serve_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> N
         assert f"GREENSERVE_{name.upper()}" in out.replace("\n", "").replace(" ", ""), name
 
 
+def test_serve_help_lists_the_synthetic_source_and_its_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "synthetic" in out.split("--energy-source", 1)[1].split("--", 1)[0]  # among the choices
+    for flag in ("--synthetic-idle-w", "--synthetic-counter-period-ms", "--synthetic-read-ms"):
+        assert flag in out
+    settings = cli.settings_from_args(
+        cli.build_parser().parse_args(["serve", "--energy-source", "synthetic", "--synthetic-read-ms", "0"])
+    )
+    assert settings.energy_source == "synthetic" and settings.synthetic_read_ms == 0
+    assert (settings.synthetic_idle_w, settings.synthetic_counter_period_ms) == (10.0, 100.0)
+
+
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GREENSERVE_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("GREENSERVE_MAX_WAIT_MS", "7")
