@@ -107,6 +107,25 @@ def process_thread_ids() -> list[int]:
         return []
 
 
+def thread_name(native_id: int) -> str:
+    """The kernel's name of a thread of this process (``comm``), "" where unknown."""
+    try:
+        return Path(f"/proc/self/task/{native_id}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def unnamed_foreign_threads() -> list[int]:
+    """Threads of this process that Python did not start and nobody named: torch's intra-op
+    (OpenMP) pool, whose threads inherit the process's name. Named ones are someone else's
+    (uvloop's ``libuv-worker``, CUDA's ``cuda-EvtHandlr``) and are left out."""
+    python_threads = {thread.native_id for thread in threading.enumerate()}
+    process_name = thread_name(os.getpid())
+    return [
+        tid for tid in process_thread_ids() if tid not in python_threads and thread_name(tid) == process_name
+    ]
+
+
 def machine_busy_cpu_s(stat_path: Path = _PROC_STAT) -> float:
     """CPU seconds every process of the machine has used since boot (all cores; /proc/stat).
 

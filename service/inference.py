@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from energy import EnergyAccountant, StageEnergy
-from energy.cpuclock import process_thread_ids
+from energy.cpuclock import unnamed_foreign_threads
 from service.errors import ModelError
 from service.model import Classifier
 
@@ -85,8 +85,7 @@ class InferenceEngine:
     def share_pool_threads(self) -> None:
         """Count the threads Python did not start (torch's intra-op pool, which warm-up created) as
         model work shared by the batches running while they run (energy.accounting)."""
-        python_threads = {thread.native_id for thread in threading.enumerate()}
-        pool = [tid for tid in process_thread_ids() if tid not in python_threads]
+        pool = unnamed_foreign_threads()
         self.accountant.share_threads(pool)
         if pool:
             logger.info("model energy includes %d thread(s) outside Python (torch's pool)", len(pool))
