@@ -1,10 +1,19 @@
 """Latency and energy of any batch function, per batch size: the offline profile's core.
 
 ``profile_batches(run_batch, sizes, sampler=…)`` times ``run_batch(b)`` for each batch size and
-reads its energy from an :class:`~energy.EnergySampler`. It imports neither torch nor anything of
-greenserve's packages, so the load generator's model profile (``loadgen.profile``, a served model
-through the server's own loader) and the trainer's model-zoo study (plain torchvision modules)
-measure the same way. Bad arguments are a :class:`BatchProfileError` (a ``ValueError``).
+reads its energy from an :class:`~energy.EnergySampler`'s curve over the timed loop
+(``energy_between(…, settle=True)``: it waits until the curve covers the loop's end, so the figure
+is an interpolation between readings, never an extrapolation). :func:`profile_thread_calls` times
+CPU-side work done in the calling thread (decoding) and prices its CPU time with an
+:class:`~energy.EnergyAccountant`'s CPU meter, as the server does, so that a GPU's idle draw meanwhile
+is never charged to it. It imports neither torch nor anything of greenserve's packages, so the load
+generator's model profile (``loadgen.profile``, a served model through the server's own loader) and
+the trainer's studies (plain torch modules) measure the same way. Bad arguments are a
+:class:`BatchProfileError` (a ``ValueError``).
+
+Every figure carries its source and whether it includes the devices' idle (static) draw;
+:func:`source_idle_included` and :func:`energy_label` turn a source into the words tables and plots
+use ("J, rapl, idle included").
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from energy.accounting import EnergyAccountant
     from energy.sampler import EnergySampler
 
 logger = logging.getLogger(__name__)
@@ -40,13 +50,72 @@ class BatchProfileError(ValueError):
     """Arguments a profile cannot be measured with (no batch sizes, a negative count, …)."""
 
 
+# --- labels: which source, and whether idle draw is in the figure ---------------------------------
+
+
+def _idle_by_source() -> dict[str, bool]:
+    from energy.estimate import EstimateMeter
+    from energy.nvml import NvmlMeter
+    from energy.rapl import RaplMeter
+    from energy.synthetic import SyntheticMeter
+
+    return {m.source: m.idle_included for m in (NvmlMeter, RaplMeter, EstimateMeter, SyntheticMeter)}
+
+
+def source_idle_included(source: str | None) -> bool | None:
+    """Whether the joules of ``source`` include its devices' idle (static) draw.
+
+    True for the hardware counters (``nvml``, ``rapl``) and ``synthetic``, False for ``estimate``
+    (CPU time × W per core: zero when idle). A combination (``"nvml+rapl"``, as the server labels
+    figures made of several meters) is True or False when every part agrees, None when they differ;
+    an unknown name (or None) is None.
+    """
+    if not source:
+        return None
+    table = _idle_by_source()
+    parts = {table.get(part.strip()) for part in source.split("+")}
+    return parts.pop() if len(parts) == 1 else None
+
+
+def idle_phrase(source: str | None, *, net: bool = False, idle_included: bool | None = None) -> str:
+    """How a figure of ``source`` stands to idle draw, in words: "idle included", "idle not included",
+    "idle subtracted" (``net``: idle power × duration taken off a figure that included it), or, for a
+    combination whose parts differ, which part includes it. ``idle_included`` overrides what the
+    source says (a figure priced above idle from a source that includes it)."""
+    included = source_idle_included(source) if idle_included is None else idle_included
+    if included is None and source and "+" in source:
+        table = _idle_by_source()
+        parts = source.split("+")
+        with_idle = [p for p in parts if table.get(p)]
+        without = [p for p in parts if table.get(p) is False]
+        if with_idle and without:
+            verb = "subtracted" if net else "included"
+            return f"idle {verb} for {'+'.join(with_idle)}, not for {'+'.join(without)}"
+    if included is None:
+        return "idle unknown"
+    if not included:
+        return "idle not included"
+    return "idle subtracted" if net else "idle included"
+
+
+def energy_label(
+    what: str, source: str | None, *, unit: str = "J", net: bool = False, idle_included: bool | None = None
+) -> str:
+    """``what`` with its unit, source and idle: ``energy per run (J, rapl, idle included)``."""
+    idle = idle_phrase(source, net=net, idle_included=idle_included)
+    return f"{what} ({unit}, {source or 'no source'}, {idle})"
+
+
 @dataclass(frozen=True)
 class ProfilePoint:
     """One batch size, timed over ``batches`` consecutive batches.
 
     Units in the names. ``energy_j_per_batch`` is the sampler's energy over the whole timed loop
     divided by ``batches``: the meter cannot resolve single batches, and loop overhead between
-    batches (a few µs) is charged to them, as it is in the server.
+    batches (a few µs) is charged to them, as it is in the server. It is everything the meter's
+    devices used meanwhile, so it includes their idle (static) draw when the meter does
+    (``energy_idle_included``: True for nvml, rapl and synthetic, False for estimate; None when
+    unknown, in a file written before the field existed).
     """
 
     batch_size: int
@@ -59,6 +128,7 @@ class ProfilePoint:
     energy_j_per_image: float
     images_per_s: float
     energy_source: str
+    energy_idle_included: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -71,13 +141,20 @@ class ProfileRun:
 
 @dataclass(frozen=True)
 class CallCost:
-    """Mean time and energy of one call of a function timed in a loop (the decode cost per image)."""
+    """Mean time and energy of one call of a function timed in a loop (the decode cost per image).
+
+    ``energy_j`` is None when it is unknown (``unknown`` says why: a failing meter); its source and
+    whether it includes idle draw come with it (None: not recorded).
+    """
 
     calls: int
     mean_ms: float
     p50_ms: float
     p99_ms: float
-    energy_j: float
+    energy_j: float | None
+    energy_source: str | None = None
+    energy_idle_included: bool | None = None
+    unknown: str | None = None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -204,7 +281,7 @@ def profile_batches(
             ]
             logger.warning("batch size %d skipped (%s); larger sizes skipped too", size, reason)
             break
-        points.append(_point(size, durations, wall_s, energy_j, sampler.source))
+        points.append(_point(size, durations, wall_s, energy_j, sampler.source, sampler.meter.idle_included))
         logger.info(
             "batch %d: %.2f ms/batch, %.4g J/image (%s), %.1f images/s",
             size,
@@ -217,7 +294,7 @@ def profile_batches(
 
 
 def _point(
-    size: int, durations_s: Sequence[float], wall_s: float, energy_j: float, source: str
+    size: int, durations_s: Sequence[float], wall_s: float, energy_j: float, source: str, idle_included: bool
 ) -> ProfilePoint:
     ms = np.asarray(durations_s, dtype=np.float64) * 1000.0
     p50, p99 = np.percentile(ms, [50, 99])
@@ -233,6 +310,7 @@ def _point(
         energy_j_per_image=energy_j / (batches * size),
         images_per_s=batches * size / wall_s if wall_s > 0 else math.inf,
         energy_source=source,
+        energy_idle_included=idle_included,
     )
 
 
@@ -244,7 +322,10 @@ def profile_calls(
     sampler: EnergySampler,
     min_time_s: float = 0.0,
 ) -> CallCost:
-    """Mean time and energy of ``call()`` (at least ``repeats`` calls and ``min_time_s``)."""
+    """Mean time and energy of ``call()`` (at least ``repeats`` calls and ``min_time_s``): the
+    sampler's energy over the loop, everything its devices used meanwhile (idle included when the
+    meter includes it). For CPU work on a machine whose sampler measures a GPU, use
+    :func:`profile_thread_calls`."""
     check_counts(warmup, repeats, min_time_s)
     for _ in range(warmup):
         call()
@@ -253,4 +334,62 @@ def profile_calls(
     )
     ms = np.asarray(durations, dtype=np.float64) * 1000.0
     p50, p99 = np.percentile(ms, [50, 99])
-    return CallCost(len(durations), float(ms.mean()), float(p50), float(p99), energy_j / len(durations))
+    return CallCost(
+        len(durations),
+        float(ms.mean()),
+        float(p50),
+        float(p99),
+        energy_j / len(durations),
+        energy_source=sampler.source,
+        energy_idle_included=sampler.meter.idle_included,
+    )
+
+
+def profile_thread_calls(
+    call: Callable[[], None],
+    *,
+    warmup: int,
+    repeats: int,
+    accountant: EnergyAccountant,
+    stage: str = "decode",
+    min_time_s: float = 0.0,
+) -> CallCost:
+    """Mean time and energy of ``call()``, CPU work done in the calling thread (decoding).
+
+    Each call's energy is its thread CPU time priced at the accountant's CPU meter's joules per
+    CPU-second above idle (:meth:`EnergyAccountant.thread_work`), as the server charges a request's
+    decode: labelled with the CPU meter's source (rapl, estimate or synthetic), idle not included,
+    and never a GPU counter's idle draw while the CPU decodes. The CPU sampler should be running
+    (its price comes from its last second of readings), and a RAPL meter's idle power measured
+    (:meth:`EnergySampler.measure_idle`), else the price includes the package's idle draw.
+    ``energy_j`` is None, with the reason, when the CPU meter cannot say (failing, no reading yet).
+    """
+    check_counts(warmup, repeats, min_time_s)
+    for _ in range(warmup):
+        call()
+    durations: list[float] = []
+    joules = 0.0
+    unknown: str | None = None
+    loop_start = time.monotonic()
+    while len(durations) < repeats or time.monotonic() - loop_start < min_time_s:
+        t0 = time.monotonic()
+        with accountant.thread_work(stage) as out:
+            call()
+        durations.append(time.monotonic() - t0)
+        part = out[0].joules
+        if part is None:
+            unknown = unknown or out[0].unknown
+        else:
+            joules += part
+    ms = np.asarray(durations, dtype=np.float64) * 1000.0
+    p50, p99 = np.percentile(ms, [50, 99])
+    return CallCost(
+        len(durations),
+        float(ms.mean()),
+        float(p50),
+        float(p99),
+        None if unknown is not None else joules / len(durations),
+        energy_source=accountant.cpu.source,
+        energy_idle_included=False,
+        unknown=unknown,
+    )
