@@ -151,9 +151,14 @@ def _batches(
 def _read_run(run_dir: Path, profile: ModelProfile) -> tuple[list[_Request], list[float]]:
     """The run's answered requests, and when every request was sent."""
     summary = LoadtestSummary.from_json(run_dir / SUMMARY_NAME)
-    if summary.energy_source is not None and summary.energy_source != profile.energy_source:
+    # A server on a GPU labels its J/request with the GPU's and the CPU's meters (nvml+rapl).
+    if summary.energy_source is not None and summary.energy_source not in (
+        profile.energy_source,
+        profile.served_energy_source,
+    ):
         raise LoadgenError(
-            f"{run_dir}: measured with {summary.energy_source}, the profile with {profile.energy_source}"
+            f"{run_dir}: measured with {summary.energy_source}, "
+            f"the profile with {profile.served_energy_source}"
         )
     path = run_dir / "requests.csv"
     try:

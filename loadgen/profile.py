@@ -14,6 +14,13 @@ Two layers:
   (:func:`service.model.load_classifier`, imported lazily) and profiles ``classifier.predict`` on
   real inputs decoded as the server decodes them, plus the per-image decode + preprocess cost.
 
+Energy is measured as the server measures it (an :class:`~energy.EnergyAccountant`): the batches
+on the device's meter (the GPU's ``nvml`` on a GPU, else the CPU meter), everything the device
+used while they ran (idle/static draw included where the meter includes it); the decode on the CPU
+side, its thread CPU time priced at the CPU meter's joules per CPU-second above idle (``rapl``,
+else ``estimate``; idle not included), never the GPU's idle draw while the CPU decodes. Each figure
+is recorded with its source and whether it includes idle draw.
+
 :class:`ModelProfile` holds the result, interpolates it at any batch size, and is saved as CSV
 (one row per batch size) or JSON; a file that cannot be used is a :class:`ProfileError`.
 """
@@ -43,9 +50,12 @@ from energy.profile import (
     check_batch_sizes,
     check_counts,
     cuda_synchronizer,
+    idle_phrase,
     is_out_of_memory,
     profile_batches,
     profile_calls,
+    profile_thread_calls,
+    source_idle_included,
 )
 from loadgen.errors import ProfileError
 
@@ -66,12 +76,13 @@ __all__ = [
     "profile_batches",
     "profile_calls",
     "profile_model",
+    "profile_thread_calls",
     "read_profile",
     "write_profile",
 ]
 
 if TYPE_CHECKING:
-    pass
+    from energy import EnergyAccountant
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +90,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGES = 64
 #: The server's default sampler period (``energy_sample_ms``), so both read energy alike.
 SAMPLER_PERIOD_S = 0.02
-#: Sources whose meter sees the CPU work of decoding (and so charges it to batches when served).
-CPU_SOURCES = frozenset({"rapl", "estimate"})
+#: Sources whose meter sees the CPU work of decoding: the CPU meters a decode figure is priced by.
+CPU_SOURCES = frozenset({"rapl", "estimate", "synthetic"})
+#: How long a RAPL meter's idle power is measured before profiling (its price per CPU-second is
+#: above idle, and RAPL alone does not know its idle draw).
+DEFAULT_IDLE_S = 1.0
 
 
 # --- the profile of a served model -------------------------------------------------------------
@@ -90,10 +104,15 @@ CPU_SOURCES = frozenset({"rapl", "estimate"})
 class ModelProfile:
     """A model's offline figures per batch size, as the simulator uses them.
 
-    ``points`` are sorted by batch size, one per size, all with ``energy_source``.
+    ``points`` are sorted by batch size, one per size, all with ``energy_source`` (the device's
+    meter) and the same ``energy_idle_included`` (:attr:`energy_idle_included`).
     ``preprocess_ms_per_image`` and ``preprocess_j_per_image`` are the decode + preprocess cost
     of one request's image (``None`` when not measured): work the server does per request in its
-    decode threads, outside the model, which the simulator may add (``SimConfig``).
+    decode threads, outside the model, which the simulator may add (``SimConfig``). Its joules come
+    from ``preprocess_energy_source`` (a CPU meter: the CPU time priced above idle, so
+    ``preprocess_idle_included`` is False), which on a GPU is not the batches' source. A profile
+    written before these were recorded reads back with the batches' source and idle inclusion, which
+    is how it was measured then.
 
     :meth:`latency_s` and :meth:`energy_j` interpolate between profiled sizes; see
     :func:`interpolate` for what they do outside the profiled range.
@@ -108,6 +127,8 @@ class ModelProfile:
     preprocess_ms_per_image: float | None = None
     preprocess_j_per_image: float | None = None
     notes: tuple[str, ...] = ()
+    preprocess_energy_source: str | None = None
+    preprocess_idle_included: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -131,6 +152,10 @@ class ModelProfile:
                     f"profile of {self.model}: batch {point.batch_size} has energy "
                     f"{point.energy_j_per_batch!r} J; it must be >= 0"
                 )
+        if len({p.energy_idle_included for p in self.points}) > 1:
+            raise ProfileError(
+                f"profile of {self.model}: batch sizes disagree on whether idle draw is included"
+            )
 
         for name in ("preprocess_ms_per_image", "preprocess_j_per_image"):
             value = getattr(self, name)
@@ -140,6 +165,37 @@ class ModelProfile:
     @property
     def batch_sizes(self) -> tuple[int, ...]:
         return tuple(p.batch_size for p in self.points)
+
+    @property
+    def energy_idle_included(self) -> bool | None:
+        """Whether the batches' joules include the device's idle (static) draw (None: unknown)."""
+        return self.points[0].energy_idle_included
+
+    @property
+    def energy_label(self) -> str:
+        """The batches' energy in words: ``nvml, idle included``."""
+        idle = idle_phrase(self.energy_source, idle_included=self.energy_idle_included)
+        return f"{self.energy_source}, {idle}"
+
+    @property
+    def served_energy_source(self) -> str:
+        """The source a server labels this model's J/request with: the batches' meter and, when the
+        decode is priced by another (a CPU meter beside a GPU), both, joined as ``/metrics`` joins
+        them (``nvml+rapl``)."""
+        sources = {self.energy_source}
+        if self.preprocess_energy_source in CPU_SOURCES:
+            sources.add(self.preprocess_energy_source)
+        return "+".join(sorted(sources))
+
+    @property
+    def preprocess_energy_label(self) -> str | None:
+        """The decode figure's energy in words (``rapl, CPU time above idle``), None when unmeasured."""
+        source = self.preprocess_energy_source
+        if source is None:
+            return None
+        if self.preprocess_idle_included is False and source_idle_included(source):
+            return f"{source}, CPU time priced above idle: idle not included"
+        return f"{source}, {idle_phrase(source, idle_included=self.preprocess_idle_included)}"
 
     def latency_s(self, batch_size: int) -> float:
         """Mean time to compute one batch of ``batch_size`` (seconds)."""
@@ -200,6 +256,8 @@ _PROFILE_COLUMNS = (
     "torch_threads",
     "preprocess_ms_per_image",
     "preprocess_j_per_image",
+    "preprocess_energy_source",
+    "preprocess_idle_included",
 )
 _POINT_COLUMNS = tuple(f.name for f in dataclasses.fields(ProfilePoint))
 CSV_COLUMNS = (*_PROFILE_COLUMNS, *_POINT_COLUMNS)
@@ -282,6 +340,17 @@ def _number(raw: object, column: str, *, integer: bool = False, optional: bool =
     return value
 
 
+def _flag(raw: object, column: str) -> bool | None:
+    """A boolean from a CSV cell (``True``/``False``, any case) or a JSON value; empty means None."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    raise ProfileError(f"{column} must be true or false, got {raw!r}")
+
+
 def _text(raw: object, column: str, *, optional: bool = False) -> Any:
     if optional and (raw is None or raw == ""):
         return None
@@ -302,6 +371,8 @@ def _parse_point(row: dict[str, Any]) -> ProfilePoint:
         return default if value is None else float(value)
 
     batches = _number(row.get("batches"), "batches", integer=True, optional=True)
+    source = _text(row.get("energy_source"), "energy_source")
+    idle_included = _flag(row.get("energy_idle_included"), "energy_idle_included")
     return ProfilePoint(
         batch_size=size,
         batches=1 if batches is None else batches,
@@ -312,7 +383,9 @@ def _parse_point(row: dict[str, Any]) -> ProfilePoint:
         energy_j_per_batch=energy,
         energy_j_per_image=optional("energy_j_per_image", energy / size),
         images_per_s=optional("images_per_s", size / (latency / 1000.0) if latency > 0 else math.inf),
-        energy_source=_text(row.get("energy_source"), "energy_source"),
+        energy_source=source,
+        # A file written before the field existed: everything the meter read, as measured then.
+        energy_idle_included=idle_included if "energy_idle_included" in row else source_idle_included(source),
     )
 
 
@@ -328,6 +401,10 @@ def _profile_fields(row: dict[str, Any]) -> dict[str, Any]:
         "preprocess_j_per_image": _number(
             row.get("preprocess_j_per_image"), "preprocess_j_per_image", optional=True
         ),
+        "preprocess_energy_source": _text(
+            row.get("preprocess_energy_source"), "preprocess_energy_source", optional=True
+        ),
+        "preprocess_idle_included": _flag(row.get("preprocess_idle_included"), "preprocess_idle_included"),
     }
 
 
@@ -358,7 +435,7 @@ def _read_csv(text: str) -> ModelProfile:
         points.append(point)
     if shared is None:
         raise ProfileError("the profile has no rows")
-    return _build(shared, points, notes=())
+    return _build(shared, points, notes=(), legacy="preprocess_energy_source" not in header)
 
 
 def _read_json(text: str) -> ModelProfile:
@@ -379,10 +456,13 @@ def _read_json(text: str) -> ModelProfile:
             points.append(_parse_point(raw))
         except ProfileError as exc:
             raise ProfileError(f"point {index}: {exc}") from None
-    return _build(_profile_fields(data), points, notes=tuple(notes))
+    legacy = "preprocess_energy_source" not in data
+    return _build(_profile_fields(data), points, notes=tuple(notes), legacy=legacy)
 
 
-def _build(fields: dict[str, Any], points: list[ProfilePoint], notes: tuple[str, ...]) -> ModelProfile:
+def _build(
+    fields: dict[str, Any], points: list[ProfilePoint], notes: tuple[str, ...], *, legacy: bool
+) -> ModelProfile:
     if not points:
         raise ProfileError("the profile has no batch sizes")
     points.sort(key=lambda p: p.batch_size)
@@ -393,6 +473,11 @@ def _build(fields: dict[str, Any], points: list[ProfilePoint], notes: tuple[str,
     sources = sorted({p.energy_source for p in points})
     if len(sources) > 1:
         raise ProfileError(f"rows disagree on the energy source ({', '.join(sources)})")
+    if legacy and fields["preprocess_j_per_image"] is not None:
+        # Written before the decode had its own source: it was read from the profile's meter,
+        # everything that meter's devices used meanwhile.
+        fields["preprocess_energy_source"] = sources[0]
+        fields["preprocess_idle_included"] = source_idle_included(sources[0])
     return ModelProfile(energy_source=sources[0], points=tuple(points), notes=notes, **fields)
 
 
@@ -424,6 +509,8 @@ def profile_model(
     image_source: str | None = None,
     images: int = DEFAULT_IMAGES,
     allocator: Literal["reuse", "system"] = "reuse",
+    idle_s: float = DEFAULT_IDLE_S,
+    accountant: EnergyAccountant | None = None,
 ) -> ModelProfile:
     """Profile ``model`` as greenserve would serve it: same loader, same decoding, no HTTP.
 
@@ -433,9 +520,13 @@ def profile_model(
     ``digits`` or ``photos``, or a directory; default: the samples that suit the model) are decoded
     with :func:`service.imaging.decode_image` and ``classifier.preprocess``, and batches cycle
     through them, so the model sees real inputs. The decode + preprocess cost per image is measured
-    too, one image at a time in this thread (the server spreads it over its decode threads); its
-    energy is what the meter reads meanwhile, which for ``nvml`` is the GPU's (idle) draw, not the
-    decoding's.
+    too, one image at a time in this thread (the server spreads it over its decode threads).
+
+    Energy, as the server accounts it (the module docstring): an accountant for ``energy_source``
+    (:func:`energy.create_accountant`; ``accountant`` gives one instead, whose samplers are started
+    here and which the caller closes). The batches are read from its accelerator's sampler (a GPU)
+    or else its CPU sampler; the decode is priced by its CPU side (thread CPU time × the CPU meter's
+    joules per CPU-second above idle; a RAPL meter's idle power is measured first, for ``idle_s``).
 
     ``allocator`` is the server's setting of that name, applied to this process as the server
     applies it (:mod:`energy.allocator`; it cannot be undone), so that the profile's batches
@@ -447,7 +538,7 @@ def profile_model(
     """
     from pydantic import ValidationError
 
-    from energy import SOURCE_CHOICES, EnergyError, EnergySampler, create_meter
+    from energy import SOURCE_CHOICES, EnergyError, close_accountant, create_accountant
     from loadgen.images import ImageSourceError, default_sample_for, load_payloads
     from service.config import Settings
     from service.errors import ConfigurationError, GreenserveError
@@ -461,6 +552,8 @@ def profile_model(
         raise ProfileError(str(exc)) from None
     if images < 1:
         raise ProfileError(f"images must be >= 1, got {images}")
+    if not (math.isfinite(idle_s) and idle_s >= 0):
+        raise ProfileError(f"idle_s must be a finite number >= 0, got {idle_s!r}")
     if energy_source not in SOURCE_CHOICES:  # before loading the model, which takes a while
         raise ProfileError(f"unknown energy source {energy_source!r}; valid: {', '.join(SOURCE_CHOICES)}")
     weights = weights if weights is not None else _default_weights(model)
@@ -497,11 +590,25 @@ def profile_model(
             ]
         except GreenserveError as exc:  # BadImageError and friends from a user's directory
             raise ProfileError(f"cannot decode the images of {image_source!r}: {exc}") from None
+        owned = accountant is None
+        if accountant is None:
+            try:
+                accountant = create_accountant(
+                    energy_source,
+                    device=classifier.device,
+                    watts_per_core=watts_per_core,
+                    period_s=SAMPLER_PERIOD_S,
+                )
+            except (EnergyError, ValueError) as exc:
+                raise ProfileError(f"energy source {energy_source!r}: {exc}") from None
         try:
-            meter = create_meter(energy_source, device=classifier.device, watts_per_core=watts_per_core)
-        except (EnergyError, ValueError) as exc:
-            raise ProfileError(f"energy source {energy_source!r}: {exc}") from None
-        with meter, EnergySampler(meter, period_s=SAMPLER_PERIOD_S) as sampler:
+            for sampler in accountant.samplers:
+                sampler.start()
+            for sampler in accountant.samplers:
+                sampler.wait_ready(5.0)
+            if accountant.cpu.idle_power_w is None and idle_s > 0:
+                accountant.cpu.measure_idle(idle_s)  # RAPL: the decode is priced above idle
+            batch_sampler = accountant.accelerator or accountant.cpu
             cursor = 0
 
             def run_batch(size: int) -> None:
@@ -514,7 +621,7 @@ def profile_model(
                 sizes,
                 warmup=warmup,
                 repeats=repeats,
-                sampler=sampler,
+                sampler=batch_sampler,
                 min_time_s=min_time_s,
                 synchronize=cuda_synchronizer(classifier.device),
             )
@@ -526,26 +633,36 @@ def profile_model(
                 classifier.preprocess(decode_image(body, limits, draft_size=classifier.draft_size))
                 decode_index += 1
 
-            decode = profile_calls(
+            decode = profile_thread_calls(
                 decode_one,
                 warmup=min(len(payloads), 8),
                 repeats=len(payloads),
-                sampler=sampler,
+                accountant=accountant,
                 min_time_s=min(min_time_s, 0.5),
             )
+        finally:
+            if owned:
+                close_accountant(accountant)
+            else:
+                for sampler in accountant.samplers:
+                    sampler.stop()
     finally:
         torch.set_num_threads(threads_before)
-    notes = tuple(f"batch size {size} skipped: {reason}" for size, reason in run.skipped)
+    notes = [f"batch size {size} skipped: {reason}" for size, reason in run.skipped]
     if not run.points:
         raise ProfileError(f"{model}: no batch size could be profiled ({'; '.join(notes)})")
+    if decode.unknown is not None:
+        notes.append(f"decode + preprocess energy unknown: {decode.unknown}")
     return ModelProfile(
         model=classifier.name,
         device=classifier.device,
-        energy_source=sampler.source,
+        energy_source=batch_sampler.source,
         points=run.points,
         weights=classifier.weights,
         torch_threads=torch_threads,
         preprocess_ms_per_image=decode.mean_ms,
         preprocess_j_per_image=decode.energy_j,
-        notes=notes,
+        notes=tuple(notes),
+        preprocess_energy_source=decode.energy_source,
+        preprocess_idle_included=decode.energy_idle_included,
     )

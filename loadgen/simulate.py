@@ -145,10 +145,12 @@ class SimConfig:
             raise GridError("post_batch_samples_ms must all be finite and >= 0")
 
     def with_profile_overheads(self, profile: ModelProfile) -> SimConfig:
-        """This configuration with the profile's per-image decode cost as ``pre_queue_ms`` and, for
-        a CPU energy source (``estimate``, ``rapl``), as ``overhead_j_per_request`` (0 for ``nvml``,
-        whose meter does not see decoding). Unmeasured costs count as 0."""
-        energy = profile.preprocess_j_per_image if profile.energy_source in CPU_SOURCES else None
+        """This configuration with the profile's per-image decode cost as ``pre_queue_ms`` and, when
+        its energy was priced by a CPU meter (``estimate``, ``rapl``, ``synthetic``: every profile
+        made since the decode has its own source, on a GPU too; an older ``nvml`` profile read the
+        GPU's idle draw instead), as ``overhead_j_per_request``. Unmeasured costs count as 0."""
+        source = profile.preprocess_energy_source or profile.energy_source
+        energy = profile.preprocess_j_per_image if source in CPU_SOURCES else None
         return dataclasses.replace(
             self, pre_queue_ms=profile.preprocess_ms_per_image or 0.0, overhead_j_per_request=energy or 0.0
         )
@@ -180,7 +182,8 @@ class SimResult:
 
     ``latencies_s`` are the completed requests' latencies in trace order; ``statuses`` holds every
     arrival's simulated HTTP status (200, 429 or 504). ``figures.energy_source`` is the profile's
-    source: the prediction is of what that meter would read.
+    source (with the decode's CPU meter when the decode is charged: ``nvml+rapl``), and
+    ``figures.j_per_request_label`` says what the prediction holds; there is no amortised figure.
     """
 
     config: SimConfig
@@ -336,6 +339,8 @@ def _result(
     completed = len(latencies)
     span = max(done_s[i] + post[k] for k, i in enumerate(answered)) - times[0] if answered else 0.0
     p50, p90, p99 = percentiles_ms(latencies)
+    # The decode's joules come from the CPU meter (on a GPU, beside the batches' nvml).
+    source = profile.served_energy_source if config.overhead_j_per_request else profile.energy_source
     figures = RunFigures(
         requests=len(times),
         completed=completed,
@@ -345,10 +350,12 @@ def _result(
         latency_p99_ms=p99,
         mean_batch_size=completed / len(sizes) if sizes else None,
         j_per_request=sum(energies) / completed if completed else None,
-        energy_source=profile.energy_source,
+        energy_source=source,
         rejected_queue_full=status.count(429),
         rejected_deadline=status.count(504),
         errors=0,
+        j_per_request_label=f"simulated: the profile's batches ({profile.energy_label})"
+        + (" + decode per request" if config.overhead_j_per_request else ""),
     )
     batches = tuple(BatchRecord(*record) for record in zip(starts, ends, sizes, energies, strict=True))
     return SimResult(

@@ -19,6 +19,7 @@ from energy import SOURCE_CHOICES
 from loadgen.errors import ProfileError
 from loadgen.profile import (
     DEFAULT_BATCH_SIZES,
+    DEFAULT_IDLE_S,
     DEFAULT_IMAGES,
     DEFAULT_MIN_TIME_S,
     DEFAULT_REPEATS,
@@ -57,7 +58,7 @@ def render(profile: ModelProfile, console: Console) -> None:
     table = Table(
         title=(
             f"{profile.model} on {profile.device} (weights {profile.weights or 'default'}, "
-            f"torch threads {profile.torch_threads or 'default'}); energy source: {profile.energy_source}"
+            f"torch threads {profile.torch_threads or 'default'}); batch energy: {profile.energy_label}"
         )
     )
     for column in ("batch", "timed", "ms mean", "p50", "p99", "std", "img/s", "J/batch", "J/img"):
@@ -78,7 +79,12 @@ def render(profile: ModelProfile, console: Console) -> None:
     if profile.preprocess_ms_per_image is not None and profile.preprocess_j_per_image is not None:
         console.print(
             f"decode + preprocess per image: {profile.preprocess_ms_per_image:.3g} ms, "
-            f"{profile.preprocess_j_per_image:.3g} J ({profile.energy_source})"
+            f"{profile.preprocess_j_per_image:.3g} J ({profile.preprocess_energy_label})"
+        )
+    elif profile.preprocess_ms_per_image is not None:
+        console.print(
+            f"decode + preprocess per image: {profile.preprocess_ms_per_image:.3g} ms, energy unknown "
+            f"({profile.preprocess_energy_source or 'no source'})"
         )
     for note in profile.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
@@ -103,6 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         watts_per_core=args.watts_per_core,
         image_source=args.images,
         images=args.image_count,
+        idle_s=args.idle_s,
     )
     console = Console()
     render(profile, console)
@@ -133,14 +140,30 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="Least timed seconds per size: a slow energy counter needs time (default: %(default)s).",
     )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (as served).")
-    parser.add_argument("--energy-source", choices=SOURCE_CHOICES, default="auto")
+    parser.add_argument(
+        "--energy-source",
+        choices=SOURCE_CHOICES,
+        default="auto",
+        help=(
+            "Meter of the batches (auto: nvml on a GPU, else rapl, else estimate); the decode is priced "
+            "by the CPU side (rapl, else estimate, or this source when it is a CPU one)."
+        ),
+    )
     parser.add_argument(
         "--allocator",
         choices=("reuse", "system"),
         default="reuse",
         help="C heap policy, as the server's --allocator (default: %(default)s).",
     )
-    parser.add_argument("--watts-per-core", type=float, default=None, help="Estimate source only.")
+    parser.add_argument(
+        "--watts-per-core", type=float, default=None, help="Estimate and synthetic sources only."
+    )
+    parser.add_argument(
+        "--idle-s",
+        type=float,
+        default=DEFAULT_IDLE_S,
+        help="RAPL: seconds of idle power measured first, the decode priced above it (default: %(default)s).",
+    )
     parser.add_argument(
         "--images",
         default=None,

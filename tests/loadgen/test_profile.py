@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from energy import EnergySampler, create_meter
-from energy.profile import BatchProfileError
+from energy import EnergyAccountant, EnergyMeter, EnergySampler, create_meter
+from energy.cpuclock import process_cpu_s
+from energy.profile import BatchProfileError, energy_label, idle_phrase, source_idle_included
 from loadgen.cli import main as loadgen_main
 from loadgen.errors import ProfileError
 from loadgen.profile import (
@@ -25,6 +26,7 @@ from loadgen.profile import (
     profile_batches,
     profile_calls,
     profile_model,
+    profile_thread_calls,
     read_profile,
     write_profile,
 )
@@ -159,7 +161,73 @@ def test_profile_calls(sampler: EnergySampler) -> None:
     cost = profile_calls(lambda: _spin(0.001), warmup=1, repeats=4, sampler=sampler)
     assert cost.calls == 4
     assert cost.mean_ms >= 1.0
-    assert cost.energy_j > 0
+    assert cost.energy_j is not None and cost.energy_j > 0
+    assert (cost.energy_source, cost.energy_idle_included) == ("estimate", False)
+    run = profile_batches(lambda size: None, [1], warmup=0, repeats=1, sampler=sampler, min_time_s=0)
+    assert run.points[0].energy_idle_included is False
+
+
+class FakeGpuMeter(EnergyMeter):
+    """An accelerator's meter (like nvml: idle included, no CPU scope) drawing ``watts`` always."""
+
+    source = "nvml"
+    idle_included = True
+    cpu_scope = None
+
+    def __init__(self, watts: float) -> None:
+        self.watts = watts
+        self._start = time.monotonic()
+
+    @property
+    def devices(self) -> list[str]:
+        return ["GPU-fake"]
+
+    def read_j(self) -> dict[str, float]:
+        return {"GPU-fake": self.watts * (time.monotonic() - self._start)}
+
+
+@pytest.fixture
+def gpu_accountant() -> Iterator[EnergyAccountant]:
+    """A "GPU" of 500 W (all of it idle draw) beside the estimate's CPU side at 10 W per core."""
+    with create_meter("estimate", watts_per_core=10.0) as cpu_meter:
+        accountant = EnergyAccountant(
+            EnergySampler(cpu_meter, period_s=0.01, cpu_clock=process_cpu_s),
+            EnergySampler(FakeGpuMeter(500.0), period_s=0.01),
+        )
+        try:
+            yield accountant
+        finally:
+            for running in accountant.samplers:
+                running.stop()
+
+
+def test_profile_thread_calls_prices_the_threads_cpu_time_by_the_cpu_meter(
+    gpu_accountant: EnergyAccountant,
+) -> None:
+    for running in gpu_accountant.samplers:
+        running.start()
+    _spin(0.2)  # a second of the CPU curve gives the price per CPU-second
+    cost = profile_thread_calls(lambda: _spin(0.002), warmup=1, repeats=10, accountant=gpu_accountant)
+    assert (cost.energy_source, cost.energy_idle_included, cost.unknown) == ("estimate", False, None)
+    # 2 ms of CPU at 10 W per core: 20 mJ; the GPU's 500 W meanwhile (1 J) is not in it.
+    assert cost.energy_j == pytest.approx(0.02, rel=0.3)
+
+
+def test_labels_say_the_source_and_idle() -> None:
+    assert [source_idle_included(s) for s in ("nvml", "rapl", "synthetic", "estimate")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert source_idle_included("nvml+rapl") is True
+    assert source_idle_included("nvml+estimate") is None
+    assert source_idle_included("sundial") is None
+    assert energy_label("energy per run", "rapl") == "energy per run (J, rapl, idle included)"
+    assert energy_label("energy per run", "estimate") == "energy per run (J, estimate, idle not included)"
+    assert energy_label("net energy", "rapl", net=True) == "net energy (J, rapl, idle subtracted)"
+    assert energy_label("net energy", "estimate", net=True) == "net energy (J, estimate, idle not included)"
+    assert idle_phrase("nvml+estimate") == "idle included for nvml, not for estimate"
 
 
 # --- a served model ---------------------------------------------------------------------------
@@ -186,6 +254,56 @@ def test_profile_model_digits_cnn() -> None:
     assert profile.preprocess_ms_per_image is not None and profile.preprocess_ms_per_image > 0
     assert profile.preprocess_j_per_image is not None and profile.preprocess_j_per_image > 0
     assert profile.notes == ()
+    assert profile.energy_idle_included is False
+    assert (profile.preprocess_energy_source, profile.preprocess_idle_included) == ("estimate", False)
+    assert profile.energy_label == "estimate, idle not included"
+
+
+def test_profile_model_on_a_gpu_prices_the_decode_by_the_cpu_meter_not_the_gpu(
+    gpu_accountant: EnergyAccountant, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The batches on the GPU's meter (idle included), the decode by the CPU side's price per
+    CPU-second: never the GPU's idle draw while the CPU decodes (0.3-0.6 J an image on an H200)."""
+    profile = profile_model(
+        "digits_cnn",
+        batch_sizes=(1, 4),
+        warmup=1,
+        repeats=2,
+        min_time_s=0.05,
+        torch_threads=1,
+        images=8,
+        accountant=gpu_accountant,
+    )
+    assert profile.energy_source == "nvml" and profile.energy_idle_included is True
+    assert all(p.energy_source == "nvml" and p.energy_idle_included for p in profile.points)
+    # The "GPU" draws 500 W: every batch costs at least its time at that power.
+    assert all(p.energy_j_per_batch >= 0.4 * p.latency_mean_ms / 1000 * 500 for p in profile.points)
+    assert (profile.preprocess_energy_source, profile.preprocess_idle_included) == ("estimate", False)
+    assert profile.preprocess_ms_per_image is not None and profile.preprocess_j_per_image is not None
+    gpu_idle_j = 500.0 * profile.preprocess_ms_per_image / 1000
+    assert 0 < profile.preprocess_j_per_image < 0.1 * gpu_idle_j
+    assert profile.served_energy_source == "estimate+nvml"
+    # The samplers stopped; the caller's accountant is left to the caller.
+    assert all(s._thread is None for s in gpu_accountant.samplers)
+    # Both labels are in the files and in the printed table.
+    for name in ("p.csv", "p.json"):
+        again = read_profile(write_profile(profile, tmp_path / name))
+        assert again == profile
+    header = (tmp_path / "p.csv").read_text().splitlines()[0].split(",")
+    assert {
+        "energy_source",
+        "energy_idle_included",
+        "preprocess_energy_source",
+        "preprocess_idle_included",
+    } <= set(header)
+    from rich.console import Console
+
+    from loadgen.commands.profile import render
+
+    render(profile, Console(width=200))
+    printed = " ".join(capsys.readouterr().out.split())  # the title may wrap
+    assert "batch energy: nvml, idle included" in printed
+    assert "(estimate, idle not included)" in printed
 
 
 @pytest.mark.parametrize(
@@ -277,6 +395,28 @@ def test_json_round_trip_keeps_the_notes(tmp_path: Path) -> None:
     assert read_profile(path) == profile
 
 
+def test_a_profile_written_before_the_labels_reads_as_it_was_measured(tmp_path: Path) -> None:
+    """Old files have no idle or decode-source columns: everything was read from the profile's meter."""
+    path = tmp_path / "old.csv"
+    path.write_text(
+        "model,device,weights,torch_threads,preprocess_ms_per_image,preprocess_j_per_image,batch_size,"
+        "batches,latency_mean_ms,energy_j_per_batch,energy_source\n"
+        "m,cuda,random,1,2.0,0.4,8,5,3.0,1.5,nvml\n"
+    )
+    profile = read_profile(path)
+    assert profile.energy_idle_included is True
+    assert (profile.preprocess_energy_source, profile.preprocess_idle_included) == ("nvml", True)
+    assert profile.preprocess_energy_label == "nvml, idle included"
+    as_json = tmp_path / "old.json"
+    data = dataclasses.asdict(profile)
+    for name in ("preprocess_energy_source", "preprocess_idle_included"):
+        del data[name]
+    for p in data["points"]:
+        del p["energy_idle_included"]
+    as_json.write_text(json.dumps(data))
+    assert read_profile(as_json) == profile
+
+
 def test_a_minimal_csv_is_enough(tmp_path: Path) -> None:
     path = tmp_path / "hand.csv"
     path.write_text(
@@ -346,8 +486,10 @@ def test_cli_profiles_prints_and_saves(tmp_path: Path, capsys: pytest.CaptureFix
     assert loadgen_main("profile", [*args, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "digits_cnn" in printed and "estimate" in printed and "J/img" in printed
+    assert "idle not included" in printed
     profile = read_profile(out)
     assert profile.batch_sizes == (1, 2)
+    assert profile.preprocess_energy_source == "estimate"
 
 
 @pytest.mark.parametrize(

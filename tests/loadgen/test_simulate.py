@@ -203,10 +203,22 @@ def test_overheads_from_the_profile() -> None:
     cpu = constant_latency(preprocess_ms_per_image=2.0, preprocess_j_per_image=0.01)
     config = SimConfig().with_profile_overheads(cpu)
     assert (config.pre_queue_ms, config.overhead_j_per_request) == (2.0, 0.01)
+    # A GPU profile from before the decode had its own source read the GPU's idle draw: not used.
     gpu = constant_latency(source="nvml", preprocess_ms_per_image=2.0, preprocess_j_per_image=0.01)
     config = SimConfig().with_profile_overheads(gpu)
     assert (config.pre_queue_ms, config.overhead_j_per_request) == (2.0, 0.0)
+    assert simulate(every_10_ms(4), gpu, config).figures.energy_source == "nvml"
     assert SimConfig().with_profile_overheads(constant_latency()).pre_queue_ms == 0.0
+    # Since then the decode is priced by the CPU meter beside the GPU: charged, and both sources named.
+    priced = dataclasses.replace(gpu, preprocess_energy_source="rapl", preprocess_idle_included=False)
+    config = SimConfig().with_profile_overheads(priced)
+    assert (config.pre_queue_ms, config.overhead_j_per_request) == (2.0, 0.01)
+    figures = simulate(every_10_ms(4), priced, config).figures
+    assert figures.energy_source == "nvml+rapl" == priced.served_energy_source
+    assert figures.j_per_request_label is not None and "simulated" in figures.j_per_request_label
+    assert figures.amortised_j_per_request is None
+    synthetic = constant_latency(source="synthetic", preprocess_ms_per_image=1.0, preprocess_j_per_image=0.02)
+    assert SimConfig().with_profile_overheads(synthetic).overhead_j_per_request == 0.02
 
 
 def test_interpolated_service_time() -> None:
