@@ -25,12 +25,12 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from loadgen.errors import LoadgenError
-from loadgen.figures import RunFigures, percentiles_ms
+from loadgen.figures import OPTIONAL_FIGURES, RunFigures, amortised_label, attributed_label, percentiles_ms
 from loadgen.metrics import MetricKey, metric
 from loadgen.trace import read_trace, uniform_jitter, write_trace
 
@@ -158,10 +158,11 @@ class RequestRecord:
     end_s: float | None = None
     status: str = NOT_SENT
     batch_size: int | None = None
-    energy_j: float | None = None
+    energy_j: float | None = None  # None: answered 200, but its energy unknown (a failing meter)
     energy_source: str | None = None
     queue_ms: float | None = None  # the server's own figures for this request
     compute_ms: float | None = None
+    energy_idle_included: bool | None = None
 
     @property
     def lag_s(self) -> float | None:
@@ -193,6 +194,7 @@ REQUEST_LOG_COLUMNS = (
     "energy_source",
     "queue_ms",
     "compute_ms",
+    "energy_idle_included",
 )
 
 
@@ -227,6 +229,7 @@ def write_request_log(records: Iterable[RequestRecord], path: Path) -> Path:
                     _cell(r.energy_source),
                     _cell(r.queue_ms),
                     _cell(r.compute_ms),
+                    "" if r.energy_idle_included is None else str(r.energy_idle_included).lower(),
                 ]
             )
     tmp.replace(path)
@@ -276,9 +279,14 @@ class ServerDelta:
     """What greenserve's counters say happened between the two scrapes.
 
     ``j_per_request`` is Δ batch energy ÷ Δ ``requests_total{status="200"}``, the metrics
-    contract's definition; ``mean_batch_size`` is Δsum ÷ Δcount of the ``batch_size`` histogram,
-    ``mean_batch_ms`` and ``mean_queue_wait_ms`` likewise of the batch-duration and queue-wait ones
-    (what a simulator's profile is compared with).
+    contract's definition: the energy *attributed* to the requests answered 200, idle excluded
+    (``j_per_request_label``). ``amortised_j_per_request`` is Δ device energy (every device once,
+    by its ``device`` label; idle included where the meter includes it) ÷ the same requests: the
+    operator's bill (``amortised_label``). ``mean_batch_size`` is Δsum ÷ Δcount of the
+    ``batch_size`` histogram, ``mean_batch_ms`` and ``mean_queue_wait_ms`` likewise of the
+    batch-duration and queue-wait ones (what a simulator's profile is compared with).
+    ``energy_read_errors`` counts failed meter reads and stalls during the run, by source: requests
+    answered meanwhile have no energy, so a J/request is then too low.
     Other clients of the same server during the run are counted too.
     """
 
@@ -291,6 +299,36 @@ class ServerDelta:
     energy_source: str | None
     mean_batch_ms: float | None = None
     mean_queue_wait_ms: float | None = None
+    j_per_request_label: str | None = None
+    device_energy_j: dict[str, float] = field(default_factory=dict)
+    amortised_j_per_request: float | None = None
+    amortised_energy_source: str | None = None
+    amortised_label: str | None = None
+    energy_read_errors: dict[str, int] = field(default_factory=dict)
+
+
+def _device_energy(
+    before: Mapping[MetricKey, float], after: Mapping[MetricKey, float]
+) -> tuple[dict[str, float], list[str]]:
+    """Δ ``greenserve_device_energy_joules_total`` per device label, each device counted once (the
+    largest delta where a label appears under several sources), and the sources seen."""
+    name = "greenserve_device_energy_joules_total"
+    old: dict[tuple[str, str], float] = {}
+    for (sample, labels), value in before.items():
+        if sample == name:
+            have = dict(labels)
+            old[(have.get("source", ""), have.get("device", ""))] = value
+    by_device: dict[str, float] = {}
+    sources: set[str] = set()
+    for (sample, labels), value in after.items():
+        if sample != name:
+            continue
+        have = dict(labels)
+        source, device = have.get("source", ""), have.get("device", "")
+        delta = value - old.get((source, device), 0.0)
+        sources.add(source)
+        by_device[device] = max(by_device.get(device, 0.0), delta)
+    return dict(sorted(by_device.items())), sorted(sources)
 
 
 def _by_label(samples: Mapping[MetricKey, float], name: str, label: str) -> dict[str, float]:
@@ -321,6 +359,11 @@ def server_delta(before: Mapping[MetricKey, float], after: Mapping[MetricKey, fl
         dict(before), "greenserve_batch_size_sum"
     )
     ok = statuses.get("200", 0.0)
+    devices, device_sources = _device_energy(before, after)
+    errors = _delta_by_label(before, after, "greenserve_energy_read_errors_total", "source")
+    # One meter per server; the label is the source whatever it measured this time.
+    source = "+".join(energy) if energy else None
+    amortised_source = "+".join(device_sources) if device_sources else None
 
     def mean_ms(histogram: str) -> float | None:
         count = metric(dict(after), f"{histogram}_count") - metric(dict(before), f"{histogram}_count")
@@ -334,10 +377,15 @@ def server_delta(before: Mapping[MetricKey, float], after: Mapping[MetricKey, fl
         batches=round(batches),
         mean_batch_size=batched / batches if batches > 0 else None,
         j_per_request=sum(energy.values()) / ok if ok > 0 and energy else None,
-        # One meter per server; the label is the source whatever it measured this time.
-        energy_source="+".join(energy) if energy else None,
+        energy_source=source,
         mean_batch_ms=mean_ms("greenserve_batch_duration_seconds"),
         mean_queue_wait_ms=mean_ms("greenserve_queue_wait_seconds"),
+        j_per_request_label=attributed_label(source) if source else None,
+        device_energy_j=devices,
+        amortised_j_per_request=sum(devices.values()) / ok if ok > 0 and devices else None,
+        amortised_energy_source=amortised_source,
+        amortised_label=amortised_label(amortised_source) if amortised_source else None,
+        energy_read_errors={k: round(v) for k, v in errors.items() if round(v)},
     )
 
 
@@ -374,6 +422,10 @@ def run_figures(records: Sequence[RequestRecord], server: ServerDelta | None) ->
         rejected_queue_full=queue_full,
         rejected_deadline=deadline,
         errors=len(records) - len(ok) - queue_full - deadline,
+        j_per_request_label=server.j_per_request_label if server else None,
+        amortised_j_per_request=server.amortised_j_per_request if server else None,
+        amortised_energy_source=server.amortised_energy_source if server else None,
+        amortised_label=server.amortised_label if server else None,
     )
 
 
@@ -395,6 +447,18 @@ def build_summary(
     latencies = [lat for r in records if r.status == "200" and (lat := r.latency_s) is not None]
     lag = lag_stats(records, lag_threshold_ms) if mode == "trace" else None
     warnings = [w for w in (lag.warning if lag else None, server_error) if w]
+    if server is not None and server.energy_read_errors:
+        failing = ", ".join(f"{source} × {n}" for source, n in server.energy_read_errors.items())
+        warnings.append(
+            f"energy meter read errors or stalls during the run ({failing}): requests answered meanwhile "
+            "have no energy, so the J/request figures are too low"
+        )
+    unknown = [r for r in records if r.status == "200" and r.energy_j is None and r.energy_source]
+    if unknown:
+        warnings.append(
+            f"{len(unknown)} requests answered 200 without an energy figure (energy_j null: "
+            f"{unknown[0].energy_source})"
+        )
     if not finished:
         warnings.append("the run stopped before every request was answered (time limit or interruption)")
     return {
@@ -457,15 +521,22 @@ def format_report(summary: Mapping[str, Any]) -> str:
     if server is not None:
         jpr = server["j_per_request"]
         batch = server["mean_batch_size"]
+        label = server.get("j_per_request_label") or "attributed"
         lines.append(
             "  server       "
             + (
-                f"{jpr:.4g} J/request ({server['energy_source']})"
+                f"{jpr:.4g} J/request ({server['energy_source']}, {label})"
                 if jpr is not None
                 else "no J/request (no 200s)"
             )
             + (f", mean batch {batch:.2f} over {server['batches']} batches" if batch is not None else "")
         )
+        amortised = server.get("amortised_j_per_request")
+        if amortised is not None:
+            lines.append(
+                f"  device       {amortised:.4g} J/request ({server.get('amortised_energy_source')}, "
+                f"{server.get('amortised_label') or 'amortised'})"
+            )
     lag = summary["lag"]
     if lag is not None and lag["max_ms"] is not None:
         lines.append(
@@ -507,7 +578,12 @@ class LoadtestSummary:
         if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
             raise LoadgenError(f"{path}: not a {SCHEMA} summary")
         lag = raw["lag"] or {}
-        figures = RunFigures(**{name: raw["figures"][name] for name in RunFigures.field_names()})
+        figures = RunFigures(
+            **{
+                name: raw["figures"].get(name) if name in OPTIONAL_FIGURES else raw["figures"][name]
+                for name in RunFigures.field_names()
+            }
+        )
         request_log = raw["files"].get("request_log")
         return cls(
             mode=raw["mode"],

@@ -327,8 +327,11 @@ class LoadTestRun:
             try:
                 body = json.loads(response.content or b"")
                 record.batch_size = int(body["batch_size"])
-                record.energy_j = float(body["energy_j"])
+                # Null when the server's meter failed: answered all the same, its energy unknown.
+                record.energy_j = None if body["energy_j"] is None else float(body["energy_j"])
                 record.energy_source = str(body["energy_source"])
+                idle = body.get("energy_idle_included")
+                record.energy_idle_included = idle if isinstance(idle, bool) else None
                 record.queue_ms = float(body["queue_ms"])
                 record.compute_ms = float(body["compute_ms"])
             except (ValueError, KeyError, TypeError):

@@ -18,6 +18,12 @@ one row to ``sweep.csv``. It talks to the service only over HTTP.
   alone, so a finished or interrupted sweep can be redrawn with ``greenserve sweep --report-only``.
   The recommendation is, per model, the configuration with the lowest J/request among those whose
   p99 latency meets the user's target and which rejected nothing and failed nothing.
+* **Two J/request figures**, each labelled with its source and what it holds (columns
+  ``j_per_request_label`` and ``amortised_label``): ``j_per_request``, the energy the server
+  *attributed* to the requests answered 200 (idle excluded; what the recommendation ranks), and
+  ``amortised_j_per_request``, every device's energy over the run (idle included where the meter
+  includes it) ÷ those requests: the operator's bill. A table written before the amortised columns
+  existed is resumed as it is (its rows have no amortised figure) and rewritten with them.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.errors import GridError
-from loadgen.figures import RunFigures
+from loadgen.figures import OPTIONAL_FIGURES, RunFigures, amortised_label, attributed_label
 
 logger = logging.getLogger(__name__)
 
@@ -199,12 +205,13 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = set(COLUMNS) - set(reader.fieldnames or ())
+        missing = set(COLUMNS) - set(reader.fieldnames or ()) - set(OPTIONAL_FIGURES)
         if missing:
             raise GridError(
                 f"{path} is not a sweep CSV of this version (missing {', '.join(sorted(missing))})"
             )
-        return list(reader)
+        # A table from before the amortised figure: its rows have none (empty cells when rewritten).
+        return [{**dict.fromkeys(OPTIONAL_FIGURES, ""), **row} for row in reader]
 
 
 def _cell(value: Any) -> str:
@@ -386,6 +393,8 @@ class Point:
     mean_batch_size: float | None
     rejected: int
     errors: int
+    amortised_j_per_request: float | None = None
+    amortised_energy_source: str | None = None
 
     @property
     def label(self) -> str:
@@ -418,6 +427,8 @@ def points_from_rows(rows: Sequence[Mapping[str, str]]) -> list[Point]:
                 mean_batch_size=_float(row["mean_batch_size"]),
                 rejected=int(row["rejected_queue_full"]) + int(row["rejected_deadline"]),
                 errors=int(row["errors"]),
+                amortised_j_per_request=_float(row.get("amortised_j_per_request")),
+                amortised_energy_source=row.get("amortised_energy_source") or None,
             )
         )
     return points
@@ -463,6 +474,22 @@ def same_batches(best: Point, points: Sequence[Point]) -> list[Point]:
     ]
 
 
+def _sources(points: Sequence[Point], *, amortised: bool = False) -> str:
+    found = {p.amortised_energy_source if amortised else p.energy_source for p in points}
+    return "/".join(sorted(s for s in found if s)) or "no source"
+
+
+def attributed_axis(points: Sequence[Point]) -> str:
+    """The attributed J/request's axis label: ``J/request (rapl, attributed, idle excluded)``."""
+    source = _sources(points)
+    return f"J/request ({source}, {attributed_label(source)})"
+
+
+def amortised_axis(points: Sequence[Point]) -> str:
+    source = _sources(points, amortised=True)
+    return f"J/request ({source}, {amortised_label(source)})"
+
+
 def _save(fig: Any, path: Path) -> Path:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
@@ -506,14 +533,15 @@ def plot_pareto(points: Sequence[Point], path: Path, p99_target_ms: float) -> Pa
             ax.scatter([best.p99_ms], [best.j_per_request], s=160, facecolors="none", edgecolors="tab:red")
         ax.set_xscale("log")
         ax.set_xlabel("p99 latency (ms, from the scheduled start)")
-        ax.set_ylabel(f"J/request ({', '.join(sorted({p.energy_source for p in mine}))})")
+        ax.set_ylabel(attributed_axis(mine))
         ax.set_title(model)
         ax.legend(fontsize=7)
     return _save(fig, path)
 
 
 def plot_energy_vs_batch(points: Sequence[Point], path: Path) -> Path:
-    """J/request against max_batch_size (one line per max wait, greedy as stars), one panel per model."""
+    """J/request against max_batch_size (one line per max wait, greedy as stars), one panel per model:
+    the attributed figure solid, the amortised one (where measured) dashed in the same colour."""
     from matplotlib.figure import Figure
 
     models = sorted({p.model for p in points})
@@ -525,12 +553,22 @@ def plot_energy_vs_batch(points: Sequence[Point], path: Path) -> Path:
             line = sorted(
                 (p for p in mine if not p.greedy and p.max_wait_ms == wait), key=lambda p: p.max_batch_size
             )
-            ax.plot(
+            (drawn,) = ax.plot(
                 [p.max_batch_size for p in line],
                 [p.j_per_request for p in line],
                 "o-",
-                label=f"max wait {wait:g} ms",
+                label=f"max wait {wait:g} ms, attributed",
             )
+            amortised = [p for p in line if p.amortised_j_per_request is not None]
+            if amortised:
+                ax.plot(
+                    [p.max_batch_size for p in amortised],
+                    [p.amortised_j_per_request for p in amortised],
+                    "s--",
+                    color=drawn.get_color(),
+                    alpha=0.7,
+                    label=f"max wait {wait:g} ms, amortised",
+                )
         greedy = [p for p in mine if p.greedy]
         if greedy:
             ax.scatter(
@@ -538,11 +576,25 @@ def plot_energy_vs_batch(points: Sequence[Point], path: Path) -> Path:
                 [p.j_per_request for p in greedy],
                 marker="*",
                 s=120,
-                label="greedy",
+                label="greedy, attributed",
             )
+            amortised = [p for p in greedy if p.amortised_j_per_request is not None]
+            if amortised:
+                ax.scatter(
+                    [p.max_batch_size for p in amortised],
+                    [p.amortised_j_per_request for p in amortised],
+                    marker="*",
+                    s=120,
+                    facecolors="none",
+                    edgecolors="0.3",
+                    label="greedy, amortised",
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("max_batch_size")
-        ax.set_ylabel(f"J/request ({', '.join(sorted({p.energy_source for p in mine}))})")
+        ylabel = attributed_axis(mine)
+        if any(p.amortised_j_per_request is not None for p in mine):
+            ylabel += f"\ndashed: {amortised_axis(mine)}"
+        ax.set_ylabel(ylabel)
         ax.set_title(model)
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -562,10 +614,21 @@ def render_summary(rows: Sequence[Mapping[str, str]], p99_target_ms: float) -> s
     lines.append(
         f"Trace: {', '.join(traces)}; p99 target: {p99_target_ms:g} ms; energy source: {', '.join(sources)}."
     )
-    if "estimate" in sources:
+    parts = {part for source in sources for part in source.split("+")}
+    if "estimate" in parts:
         lines.append(
             "Energy is an *estimate* (no sensor here): CPU time × watts per core, see docs/energy.md."
         )
+    if "synthetic" in parts:
+        lines.append("Energy is *synthetic* (a known-truth test source), not a measurement of this machine.")
+    lines.append("")
+    lines.append(
+        f"Two J/request figures: **attributed** ({attributed_axis(points)}) is the energy the server "
+        "charged to the requests answered 200 (their batches' model share, decode and serving), what "
+        "the recommendation ranks; **amortised** ("
+        + (amortised_axis(points) if any(p.amortised_j_per_request is not None for p in points) else "n/a")
+        + ") is every device's energy over the run ÷ those requests, the operator's bill."
+    )
     lines.append("")
     for model in sorted({p.model for p in points}):
         mine = [p for p in points if p.model == model]
@@ -573,15 +636,15 @@ def render_summary(rows: Sequence[Mapping[str, str]], p99_target_ms: float) -> s
         best = recommend(mine, p99_target_ms)
         lines += [f"## {model}", ""]
         lines.append(
-            "| configuration | J/request | p99 ms | throughput req/s | mean batch "
-            "| rejected | errors | Pareto |"
+            f"| configuration | {attributed_axis(mine)} | {amortised_axis(mine)} | p99 ms "
+            "| throughput req/s | mean batch | rejected | errors | Pareto |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for p in sorted(mine, key=lambda p: p.j_per_request):
             mark = "**" if best is not None and p.key == best.key else ""
             lines.append(
-                f"| {mark}{p.label}{mark} | {p.j_per_request:.4g} | {p.p99_ms:.4g} "
-                f"| {p.throughput_rps:.3g} | "
+                f"| {mark}{p.label}{mark} | {p.j_per_request:.4g} | {_fmt(p.amortised_j_per_request, '.4g')} "
+                f"| {p.p99_ms:.4g} | {p.throughput_rps:.3g} | "
                 f"{_fmt(p.mean_batch_size)} | {p.rejected} | {p.errors} | {'yes' if p.key in front else ''} |"
             )
         lines.append("")
@@ -589,12 +652,20 @@ def render_summary(rows: Sequence[Mapping[str, str]], p99_target_ms: float) -> s
             fastest = min(mine, key=lambda p: p.p99_ms)
             lines.append(
                 f"No configuration meets p99 ≤ {p99_target_ms:g} ms without rejections; the lowest p99 is "
-                f"{fastest.label} ({fastest.p99_ms:.4g} ms, {fastest.j_per_request:.4g} J/request)."
+                f"{fastest.label} ({fastest.p99_ms:.4g} ms, {fastest.j_per_request:.4g} J/request, "
+                f"{fastest.energy_source}, {attributed_label(fastest.energy_source)})."
             )
         else:
+            amortised = (
+                f"; amortised {best.amortised_j_per_request:.4g} J/request ({best.amortised_energy_source}, "
+                f"{amortised_label(best.amortised_energy_source)})"
+                if best.amortised_j_per_request is not None
+                else ""
+            )
             lines.append(
                 f"Recommendation: **{best.label}** — {best.j_per_request:.4g} J/request "
-                f"({best.energy_source}) at p99 {best.p99_ms:.4g} ms, the lowest energy meeting the target."
+                f"({best.energy_source}, {attributed_label(best.energy_source)}) "
+                f"at p99 {best.p99_ms:.4g} ms, the lowest energy meeting the target{amortised}."
             )
             twins = same_batches(best, mine)
             if twins:

@@ -53,7 +53,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     fixed.add_argument("--device", default=defaults.device)
     fixed.add_argument("--torch-threads", type=int, default=defaults.torch_threads)
     fixed.add_argument(
-        "--energy-source", default=defaults.energy_source, choices=("auto", "nvml", "rapl", "estimate")
+        "--energy-source",
+        default=defaults.energy_source,
+        choices=("auto", "nvml", "rapl", "estimate", "synthetic"),
+        help="the server's --energy-source (synthetic: a known-truth test source, not a measurement)",
     )
     fixed.add_argument("--images", help="'digits', 'photos' or a directory (default: per model)")
     trace = parser.add_argument_group("trace (default: the study's 16 req/s ±20 %% for 30 s)")

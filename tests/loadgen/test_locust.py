@@ -95,6 +95,7 @@ greenserve_requests_total{status="200"} 10
 greenserve_rejected_total{reason="queue_full"} 1
 greenserve_rejected_total{reason="deadline"} 0
 greenserve_batch_energy_joules_total{source="estimate"} 2.0
+greenserve_device_energy_joules_total{source="estimate",device="estimate:boot:1"} 3.0
 greenserve_batch_size_count 5
 greenserve_batch_size_sum 10
 """
@@ -104,8 +105,31 @@ greenserve_requests_total{status="429"} 3
 greenserve_rejected_total{reason="queue_full"} 4
 greenserve_rejected_total{reason="deadline"} 0
 greenserve_batch_energy_joules_total{source="estimate"} 6.0
+greenserve_device_energy_joules_total{source="estimate",device="estimate:boot:1"} 13.0
 greenserve_batch_size_count 10
 greenserve_batch_size_sum 30
+"""
+
+#: A GPU server: the GPU's nvml and the CPU's rapl, two RAPL zones, and read errors during the run.
+GPU_BEFORE = """
+greenserve_requests_total{status="200"} 0
+greenserve_batch_energy_joules_total{source="nvml"} 0
+greenserve_batch_energy_joules_total{source="rapl"} 0
+greenserve_device_energy_joules_total{source="nvml",device="GPU-1"} 1000.0
+greenserve_device_energy_joules_total{source="rapl",device="boot:package-0"} 500.0
+greenserve_device_energy_joules_total{source="rapl",device="boot:dram-0"} 50.0
+greenserve_energy_read_errors_total{source="nvml"} 0
+greenserve_energy_read_errors_total{source="rapl"} 0
+"""
+GPU_AFTER = """
+greenserve_requests_total{status="200"} 100
+greenserve_batch_energy_joules_total{source="nvml"} 30.0
+greenserve_batch_energy_joules_total{source="rapl"} 10.0
+greenserve_device_energy_joules_total{source="nvml",device="GPU-1"} 1200.0
+greenserve_device_energy_joules_total{source="rapl",device="boot:package-0"} 580.0
+greenserve_device_energy_joules_total{source="rapl",device="boot:dram-0"} 70.0
+greenserve_energy_read_errors_total{source="nvml"} 2
+greenserve_energy_read_errors_total{source="rapl"} 0
 """
 
 
@@ -117,6 +141,52 @@ def test_server_delta_gives_joules_per_200_and_mean_batch_size() -> None:
     assert delta.energy_source == "estimate"
     assert delta.batches == 5
     assert delta.mean_batch_size == pytest.approx(4.0)
+    # Attributed (batch energy) and amortised (device energy, idle included where the meter has it).
+    assert delta.j_per_request_label == "attributed, idle excluded"
+    assert delta.device_energy_j == {"estimate:boot:1": pytest.approx(10.0)}
+    assert delta.amortised_j_per_request == pytest.approx(10.0 / 20)
+    assert delta.amortised_energy_source == "estimate"
+    assert delta.amortised_label == "amortised, idle not included"  # the estimate has no idle draw
+
+
+def test_server_delta_on_a_gpu_counts_each_device_once_and_labels_both_figures() -> None:
+    delta = loadtest.server_delta(parse_metrics(GPU_BEFORE), parse_metrics(GPU_AFTER))
+    assert delta.j_per_request == pytest.approx(40.0 / 100)
+    assert delta.energy_source == "nvml+rapl"
+    assert (
+        delta.j_per_request_label == "attributed, idle excluded except the GPU's static draw during batches"
+    )
+    assert delta.device_energy_j == {
+        "GPU-1": pytest.approx(200.0),
+        "boot:dram-0": pytest.approx(20.0),
+        "boot:package-0": pytest.approx(80.0),
+    }
+    assert delta.amortised_j_per_request == pytest.approx(300.0 / 100)
+    assert (delta.amortised_energy_source, delta.amortised_label) == ("nvml+rapl", "amortised, idle included")
+    assert delta.energy_read_errors == {"nvml": 2}
+    # A device that two scrapes list under two sources (never one server's doing) is counted once.
+    line = 'greenserve_device_energy_joules_total{source="synthetic",device="GPU-1"} %s\n'
+    doubled = loadtest.server_delta(
+        parse_metrics(GPU_BEFORE + line % 1000), parse_metrics(GPU_AFTER + line % 1150)
+    )
+    assert doubled.device_energy_j["GPU-1"] == pytest.approx(200.0)
+    assert doubled.amortised_j_per_request == pytest.approx(3.0)
+    records = [RequestRecord(0, "a", scheduled_s=0.0, start_s=0.0, end_s=0.1, status="200")]
+    raw = loadtest.build_summary(
+        records,
+        mode="trace",
+        server=delta,
+        lag_threshold_ms=10.0,
+        finished=True,
+        duration_s=1.0,
+        settings={},
+        files={},
+    )
+    assert raw["figures"]["amortised_j_per_request"] == pytest.approx(3.0)
+    assert any("read errors" in w and "nvml × 2" in w for w in raw["warnings"])
+    report = loadtest.format_report(raw)
+    assert "0.4 J/request (nvml+rapl, attributed, idle excluded except" in report
+    assert "3 J/request (nvml+rapl, amortised, idle included)" in report
 
 
 def test_summary_round_trips_through_json(tmp_path: Path) -> None:
@@ -136,7 +206,42 @@ def test_summary_round_trips_through_json(tmp_path: Path) -> None:
     assert set(raw["figures"]) == set(RunFigures.field_names())
     assert summary.figures.j_per_request == pytest.approx(0.2)
     assert (summary.late_requests, summary.finished, summary.warnings) == (0, True, ())
-    assert "0.2 J/request (estimate)" in loadtest.format_report(raw)
+    assert summary.figures.amortised_j_per_request == pytest.approx(0.5)
+    report = loadtest.format_report(raw)
+    assert "0.2 J/request (estimate, attributed, idle excluded)" in report
+    assert "0.5 J/request (estimate, amortised, idle not included)" in report
+    # A summary written before the amortised figure existed still reads.
+    for name in RunFigures.optional_field_names():
+        del raw["figures"][name]
+    old = loadtest.LoadtestSummary.from_json(loadtest.write_summary(raw, tmp_path / "old.json"))
+    assert old.figures.j_per_request == pytest.approx(0.2)
+    assert old.figures.amortised_j_per_request is None
+
+
+def test_a_request_without_energy_is_recorded_and_warned_about(tmp_path: Path) -> None:
+    records = [
+        RequestRecord(0, "a", start_s=0.0, end_s=0.1, status="200", energy_j=0.01, energy_source="estimate"),
+        RequestRecord(
+            1, "b", start_s=0.0, end_s=0.1, status="200", energy_source="unknown: rapl meter stalled"
+        ),
+    ]
+    records[0].energy_idle_included = False
+    raw = loadtest.build_summary(
+        records,
+        mode="closed",
+        server=None,
+        lag_threshold_ms=10.0,
+        finished=True,
+        duration_s=1.0,
+        settings={},
+        files={},
+    )
+    assert any("1 requests answered 200 without an energy figure" in w for w in raw["warnings"])
+    rows = _rows(loadtest.write_request_log(records, tmp_path / "requests.csv"))
+    assert [(r["energy_j"], r["energy_source"], r["energy_idle_included"]) for r in rows] == [
+        ("0.010000", "estimate", "false"),
+        ("", "unknown: rapl meter stalled", ""),
+    ]
 
 
 # --- Locust against real servers ---------------------------------------------------------------
@@ -200,7 +305,8 @@ def test_closed_loop_plain_and_staged_runs_write_csv_and_joules_from_metrics(tmp
         assert time.monotonic() - started < 30
         assert "no impact on LoadShapes" not in result.stderr
         assert '"ClassifyUser": 2' in result.stderr
-        assert "J/request (estimate)" in result.stdout
+        assert "J/request (estimate, attributed, idle excluded)" in result.stdout
+        assert "J/request (estimate, amortised, idle not included)" in result.stdout
         raw = json.loads((plain / "summary.json").read_text())
         assert raw["settings"]["users"] == 2 and raw["mode"] == "closed"
 
@@ -212,6 +318,15 @@ def test_closed_loop_plain_and_staged_runs_write_csv_and_joules_from_metrics(tmp
     assert set(staged.requests_by_status) == {"200"}
     assert figures.j_per_request is not None and figures.j_per_request > 0
     assert figures.energy_source == staged.energy_source == "estimate"
+    # The device's energy (the whole process's CPU time, for the estimate) holds the attributed.
+    assert figures.amortised_j_per_request is not None
+    assert figures.amortised_j_per_request >= 0.9 * figures.j_per_request
+    assert (figures.j_per_request_label, figures.amortised_label) == (
+        "attributed, idle excluded",
+        "amortised, idle not included",
+    )
+    assert staged.request_log_path is not None
+    assert {row["energy_idle_included"] for row in _rows(staged.request_log_path)} == {"false"}
     assert figures.mean_batch_size is not None and figures.mean_batch_size >= 1
     assert staged.raw["server"]["requests_by_status"]["200"] >= figures.completed
     assert staged.raw["settings"]["stages"] == "1s:1,2s:3"

@@ -4,6 +4,7 @@ sweep (a real greenserve per configuration, Locust replaying a trace)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from loadgen import sweep
 from loadgen.cli import main as loadgen_main
 from loadgen.errors import GridError
+from loadgen.figures import RunFigures
 from loadgen.sweep import SweepConfig, SweepSettings, configurations, pareto_front, recommend
 from loadgen.trace import Trace, write_trace
 
@@ -126,6 +128,10 @@ class FakeRunner:
             "mean_batch_size": float(min(size, 10)),
             "j_per_request": 1.0 + 8.0 / size + (0.5 if config.greedy else 0.0),
             "energy_source": "estimate",
+            "j_per_request_label": "attributed, idle excluded",
+            "amortised_j_per_request": 2.0 + 8.0 / size,
+            "amortised_energy_source": "estimate",
+            "amortised_label": "amortised, idle not included",
             "rejected_queue_full": 0,
             "rejected_deadline": 0,
             "errors": 0,
@@ -171,8 +177,16 @@ def test_summary_recommends_the_lowest_energy_meeting_the_target(tmp_path: Path)
     sweep.run_sweep(settings, trace, tmp_path / "out", runner=FakeRunner(), progress=False)
     summary = (tmp_path / "out" / "summary.md").read_text()
     # p99 = 50 + 10·b: b1 60 ms, b4 90 ms, b16 210 ms; J = 1 + 8/b: b4 is the cheapest under 100 ms.
-    assert "Recommendation: **b4 w0ms** — 3 J/request (estimate) at p99 90 ms" in summary
+    assert (
+        "Recommendation: **b4 w0ms** — 3 J/request (estimate, attributed, idle excluded) at p99 90 ms, "
+        "the lowest energy meeting the target; amortised 4 J/request (estimate, amortised, idle not included)"
+    ) in summary
     assert "*estimate*" in summary
+    # Every J/request column says which figure it is, its source and its idle.
+    assert (
+        "| configuration | J/request (estimate, attributed, idle excluded) "
+        "| J/request (estimate, amortised, idle not included) | p99 ms" in summary
+    )
     # With a target nothing meets, the summary says so and names the fastest.
     sweep.write_report(tmp_path / "out" / "sweep.csv", tmp_path / "out", p99_target_ms=10.0)
     summary = (tmp_path / "out" / "summary.md").read_text()
@@ -181,6 +195,46 @@ def test_summary_recommends_the_lowest_energy_meeting_the_target(tmp_path: Path)
 
 def _point(key: str, p99: float, joules: float, rejected: int = 0) -> sweep.Point:
     return sweep.Point(key, "m", False, 1, 0.0, p99, joules, "estimate", 1.0, 1.0, rejected, 0)
+
+
+def test_a_table_from_before_the_amortised_figure_is_resumed_and_reported(tmp_path: Path) -> None:
+    """Old tables lack the amortised and label columns: resumed as they are, rewritten with them."""
+    trace = _trace(tmp_path)
+    settings = SweepSettings(batch_sizes=("1", "4"), max_waits_ms=(0,))
+    out = tmp_path / "out"
+    sweep.run_sweep(settings, trace, out, runner=FakeRunner(fail={"digits_cnn|b4|w0"}), progress=False)
+    csv_path = out / sweep.CSV_NAME
+    with csv_path.open(newline="") as f:
+        old = list(csv.DictReader(f))
+    old_columns = [c for c in sweep.COLUMNS if c not in RunFigures.optional_field_names()]
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(old)
+    sweep.write_report(csv_path, out, p99_target_ms=500.0)
+    summary = (out / "summary.md").read_text()
+    assert "| b1 w0ms | 9 | n/a |" in summary  # no amortised figure in an old row
+    rerun = FakeRunner()
+    sweep.run_sweep(settings, trace, out, runner=rerun, progress=False)
+    assert rerun.calls == ["digits_cnn|b4|w0"]
+    rows = {r["key"]: r for r in _rows(out)}
+    assert rows["digits_cnn|b1|w0"]["amortised_j_per_request"] == ""
+    assert rows["digits_cnn|b4|w0"]["amortised_j_per_request"] == "4"
+    assert rows["digits_cnn|b4|w0"]["amortised_label"] == "amortised, idle not included"
+
+
+def test_plot_labels_say_attributed_and_amortised() -> None:
+    points = [_point("a", 10, 5)]
+    assert sweep.attributed_axis(points) == "J/request (estimate, attributed, idle excluded)"
+    gpu = [
+        dataclasses.replace(
+            _point("a", 10, 5), energy_source="nvml+rapl", amortised_energy_source="nvml+rapl"
+        )
+    ]
+    assert sweep.attributed_axis(gpu) == (
+        "J/request (nvml+rapl, attributed, idle excluded except the GPU's static draw during batches)"
+    )
+    assert sweep.amortised_axis(gpu) == "J/request (nvml+rapl, amortised, idle included)"
 
 
 def test_pareto_front_and_recommendation_by_hand() -> None:
@@ -219,6 +273,9 @@ def test_tiny_real_sweep_writes_its_csv_and_plots_and_resumes(tmp_path: Path) ->
         assert row["status"] == "ok"
         assert int(row["requests"]) == 40 and int(row["completed"]) == 40
         assert float(row["j_per_request"]) > 0 and row["energy_source"] == "estimate"
+        assert row["j_per_request_label"] == "attributed, idle excluded"
+        assert float(row["amortised_j_per_request"]) > 0 and row["amortised_energy_source"] == "estimate"
+        assert row["amortised_label"] == "amortised, idle not included"
         assert 1 <= float(row["mean_batch_size"]) <= int(row["max_batch_size"])
         assert float(row["latency_p99_ms"]) >= float(row["latency_p50_ms"]) > 0
     assert (out / "pareto.png").exists() and (out / "energy-vs-batch.png").exists()
