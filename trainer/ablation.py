@@ -37,7 +37,6 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-import energy
 from trainer.data import Dataset, dataset_names, load_dataset
 from trainer.errors import TrainerError, check_energy_settings
 from trainer.models import build_model, model_names
@@ -48,7 +47,7 @@ from trainer.report import (
     ablation_report,
     format_bool,
 )
-from trainer.training import TrainConfig, measure_idle_power_w, train
+from trainer.training import StudyEnergy, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -276,14 +275,11 @@ def _build(s: AblationSettings, data: Dataset, row: DesignRow) -> torch.nn.Modul
     )
 
 
-def _create_meter(s: AblationSettings) -> energy.EnergyMeter:
-    try:
-        return energy.create_meter(s.energy_source, device=s.device, watts_per_core=s.watts_per_core)
-    except (energy.EnergyError, ValueError) as exc:
-        raise TrainerError(f"energy source {s.energy_source!r}: {exc}") from exc
+def _open_energy(s: AblationSettings) -> StudyEnergy:
+    return StudyEnergy.open(s.energy_source, device=s.device, watts_per_core=s.watts_per_core)
 
 
-def _warm_up(s: AblationSettings, data: Dataset, row: DesignRow, meter: energy.EnergyMeter) -> None:
+def _warm_up(s: AblationSettings, data: Dataset, row: DesignRow, meter: StudyEnergy) -> None:
     small = dataclasses.replace(
         data, x_train=data.x_train[:WARMUP_SAMPLES], y_train=data.y_train[:WARMUP_SAMPLES]
     )
@@ -314,7 +310,8 @@ def run_ablation(settings: AblationSettings, out_dir: Path, *, progress: bool = 
     construction), an existing table's fingerprint and energy source, the data set and every
     design's model. Each finished run is appended to ``ablation_runs.csv`` and flushed to disk at
     once, so a study killed at any point keeps its finished runs; running it again with the same
-    settings skips them. One energy meter serves the whole study and is closed at the end.
+    settings skips them. One energy meter serves the whole study, read throughout by one sampler
+    started once (:class:`~trainer.training.StudyEnergy`), and is closed at the end.
     """
     s = settings.resolved()
     out_dir = Path(out_dir)
@@ -333,7 +330,7 @@ def run_ablation(settings: AblationSettings, out_dir: Path, *, progress: bool = 
         if row["design_id"] not in params:
             params[row["design_id"]] = sum(p.numel() for p in _build(s, data, row).parameters())
 
-    meter = _create_meter(s)
+    meter = _open_energy(s)
     torch_threads = torch.get_num_threads()
     if s.threads is not None:
         torch.set_num_threads(s.threads)
@@ -350,9 +347,10 @@ def run_ablation(settings: AblationSettings, out_dir: Path, *, progress: bool = 
                 f.flush()
             idle_w = 0.0
             if todo:
+                meter.start()
                 _warm_up(s, data, todo[0], meter)
                 # Idle power once per study, not before each run (sensor sources; 0 for estimate).
-                idle_w = measure_idle_power_w(meter, s.train_config(seed=0).idle_s)
+                idle_w = meter.measure_idle_w(s.train_config(seed=0).idle_s)
             with _progress_bar(progress, len(plan), len(plan) - len(todo)) as (bar, task):
                 for row in todo:
                     bar.update(task, description=row["design_id"])
@@ -390,7 +388,7 @@ def run_ablation(settings: AblationSettings, out_dir: Path, *, progress: bool = 
                         row["repeat"],
                         result.accuracy,
                         result.energy_j,
-                        result.energy_source,
+                        meter.describe,
                         result.seconds,
                     )
                     bar.advance(task)

@@ -32,11 +32,11 @@ import sqlalchemy.exc
 import torch
 from optuna.trial import TrialState
 
-import energy
+from energy.profile import idle_phrase, source_idle_included
 from trainer.data import Dataset, dataset_names, load_dataset
 from trainer.errors import TrainerError, check_energy_settings
 from trainer.models import build_model, model_names
-from trainer.training import TrainConfig, measure_idle_power_w, train
+from trainer.training import StudyEnergy, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ TRIAL_RESULT_COLUMNS: tuple[str, ...] = (
     "state",
     "sampler_energy_j",
     "sampler_seconds",
+    "energy_idle_included",
 )
 #: Columns :func:`summarize_trials` needs; the rest are optional.
 REQUIRED_COLUMNS: tuple[str, ...] = ("strategy", "repeat", "round", "accuracy", "energy_j", "energy_source")
@@ -112,6 +113,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "repeats",
     "rounds",
     "energy_source",
+    "energy_idle",
     "target_accuracy",
     "best_accuracy_mean",
     "best_accuracy_std",
@@ -391,7 +393,7 @@ def study_name(settings: HpoSettings, strategy: str, repeat: int) -> str:
 @dataclass
 class _Prepared:
     data: Dataset
-    meter: energy.EnergyMeter
+    meter: StudyEnergy  # one sampler reads the meter throughout the whole study
     storage_url: str
     idle_power_w: float | None = None  # measured once per study, on the first trial
 
@@ -412,27 +414,26 @@ def _prepare(settings: HpoSettings, out_dir: Path) -> _Prepared:
         settings.model, input_shape=data.input_shape, num_classes=data.num_classes, **settings.model_params
     )
     storage_url = settings.storage or f"sqlite:///{out_dir.resolve() / 'hpo.db'}"
-    try:
-        meter = energy.create_meter(
-            settings.energy_source, device=settings.device, watts_per_core=settings.watts_per_core
-        )
-    except (ValueError, energy.EnergyError) as exc:
-        raise TrainerError(f"energy source {settings.energy_source!r}: {exc}") from exc
+    meter = StudyEnergy.open(
+        settings.energy_source, device=settings.device, watts_per_core=settings.watts_per_core
+    )
     return _Prepared(data, meter, storage_url)
 
 
 class _Marks:
-    """Where the meter and clock stood when the last trial's training ended (for sampler overhead)."""
+    """When the last trial's training ended (for the Optuna sampler's overhead since then, read
+    from the study's energy curve)."""
 
-    def __init__(self, meter: energy.EnergyMeter) -> None:
+    def __init__(self, meter: StudyEnergy) -> None:
         self.meter = meter
         self.reset()
 
     def reset(self) -> None:
-        self.energy_j, self.time_s = sum(self.meter.read_j().values()), time.monotonic()
+        self.time_s = time.monotonic()
 
     def since(self) -> tuple[float, float]:
-        return sum(self.meter.read_j().values()) - self.energy_j, time.monotonic() - self.time_s
+        now = time.monotonic()
+        return self.meter.energy_between(self.time_s, now), now - self.time_s
 
 
 def _objective(
@@ -481,7 +482,7 @@ def _objective(
 
         try:
             if prepared.idle_power_w is None:
-                prepared.idle_power_w = measure_idle_power_w(prepared.meter, settings.idle_s)
+                prepared.idle_power_w = prepared.meter.measure_idle_w(settings.idle_s)
             result = train(
                 model,
                 data,
@@ -592,6 +593,7 @@ def run_hpo(settings: HpoSettings, out_dir: Path, *, progress: bool = True) -> P
         out_dir.mkdir(parents=True, exist_ok=True)
         storage = _open_storage(prepared.storage_url)
         try:
+            prepared.meter.start()
             rows = _run_studies(settings, prepared, storage, progress=progress)
         finally:
             storage.remove_session()
@@ -698,6 +700,9 @@ def _trial_rows(
                 "state": t.state.name,
                 "sampler_energy_j": float(attrs.get("sampler_energy_j", math.nan)),
                 "sampler_seconds": float(attrs.get("sampler_seconds", math.nan)),
+                # Everything the meter read during the trial: idle included unless the source is
+                # the estimate (zero when idle).
+                "energy_idle_included": _flag(source_idle_included(str(attrs.get("energy_source", "")))),
             }
         )
     for row, best in zip(rows, best_so_far(rows), strict=True):
@@ -712,6 +717,10 @@ def _float(value: Any) -> float:
     if value is None or value == "":
         return math.nan
     return float(value)
+
+
+def _flag(value: bool | None) -> str:
+    return "" if value is None else str(value).lower()
 
 
 def _bool(value: Any) -> bool:
@@ -826,6 +835,7 @@ def summarize_trials(
                 "repeats": len(repeats),
                 "rounds": max(len(v) for v in repeats.values()),
                 "energy_source": "+".join(sources),
+                "energy_idle": idle_phrase("+".join(sources)),
                 "target_accuracy": target,
                 "best_accuracy_mean": _mean(best),
                 "best_accuracy_std": _std(best),
@@ -926,9 +936,11 @@ def _pm(mean: float, std: float, digits: int) -> str:
 
 
 def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
-    """The summary table as Markdown, with every energy column labelled by its source."""
+    """The summary table as Markdown, with every energy column labelled by its source and whether
+    it includes the devices' idle draw (the trials' ``energy_j``: everything the meter read)."""
     sources = sorted({str(s["energy_source"]) for s in summary})
     label = "+".join(sources) or "unknown"
+    idle = idle_phrase(label)
     lines = ["# HPO strategies: accuracy and energy", ""]
     if any("estimate" in s.split("+") for s in sources):
         lines += [
@@ -949,10 +961,11 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
             "whose best-so-far accuracy (completed trials only) reaches it; energy to target sums the "
             "training energy of rounds 1 to that one, pruned rounds included. Means ± sample std over the "
             "repeats that reached it; best accuracy and energy per study over all "
-            f"{first['repeats']} repeat(s) of {first['rounds']} rounds.",
+            f"{first['repeats']} repeat(s) of {first['rounds']} rounds. Energy is everything the "
+            f"meter read during each trial's training ({label}, {idle}).",
             "",
         ]
-    unit = f"J, {label}"
+    unit = f"J, {label}, {idle}"
     header = [
         "strategy",
         "best accuracy",
@@ -995,7 +1008,7 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
             lines.append(
                 f"- **{s['strategy']}** vs **{base['strategy']}**: "
                 f"{_fmt(s['pruning_energy_saved_pct'], 1)}% less energy per study "
-                f"({pair('study_energy_j_mean', 1)} J, {label}); "
+                f"({pair('study_energy_j_mean', 1)} J, {label}, {idle}); "
                 f"best accuracy {pair('best_accuracy_mean', 4)}; "
                 f"energy to target {pair('energy_to_target_j_mean', 1)} J "
                 f"(reached {s['reached']}/{s['repeats']} vs {base['reached']}/{base['repeats']})."

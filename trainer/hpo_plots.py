@@ -16,6 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from energy.profile import energy_label
+
 Series = Mapping[str, Mapping[str, np.ndarray]]
 
 
@@ -86,7 +88,7 @@ def cumulative_energy_png(series: Series, *, energy_source: str) -> bytes:
     for strategy, arrays in series.items():
         _band(ax, arrays["cumulative_energy_j"], strategy)
     ax.set_xlabel("round (trial)")
-    ax.set_ylabel(f"cumulative energy (J, {energy_source})")
+    ax.set_ylabel(energy_label("cumulative energy", energy_source))
     title = "HPO: cumulative training energy vs round"
     if energy_source == "estimate":
         title += " — ESTIMATE (CPU time × W/core)"

@@ -30,6 +30,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats as scipy_stats
 
+from energy.profile import energy_label, source_idle_included
 from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
@@ -541,9 +542,11 @@ def ablation_stats(rows: Sequence[Mapping[str, Any]], *, energy_column: str = "e
     with_increase = [f for f in factors if f["energy_increase"]]
     with_eta = [f for f in factors if f["eta_squared"]]  # None or 0: nothing to rank
     run_counts = sorted({d["runs"] for d in designs})
+    sources = sorted({str(r["energy_source"]) for r in rows})
     return {
         "energy_column": energy_column,
-        "energy_sources": sorted({str(r["energy_source"]) for r in rows}),
+        "energy_sources": sources,
+        "energy_label": _energy_label(sources, energy_column),
         "datasets": sorted({str(r["dataset"]) for r in rows}),
         "models": sorted({str(r["model"]) for r in rows}),
         "epochs": sorted({int(r["epochs"]) for r in rows}),
@@ -560,6 +563,18 @@ def ablation_stats(rows: Sequence[Mapping[str, Any]], *, energy_column: str = "e
     }
 
 
+def _energy_label(sources: Sequence[str], energy_column: str, what: str = "energy per run") -> str:
+    """``energy per run (J, rapl, idle included)``; for ``energy_net_j``, ``net energy per run (J,
+    rapl, idle subtracted)`` (the estimate has no idle to include or subtract: "idle not included")."""
+    net = energy_column == "energy_net_j"
+    return energy_label(
+        f"net {what}" if net else what,
+        "/".join(sources) or None,
+        net=net,
+        idle_included=source_idle_included("+".join(sources)) if sources else None,
+    )
+
+
 def _source_banner(sources: Sequence[str]) -> str:
     if not sources:
         return "> **Energy source: none** — the table has no runs."
@@ -574,7 +589,12 @@ def _source_banner(sources: Sequence[str]) -> str:
             "*estimate*: this process's CPU time × an assumed power per core. It ranks designs by the "
             "compute they use; it is not a measurement of the machine's consumption."
         )
-    return f"> **Energy source: {sources[0]}** (a hardware counter)."
+    if sources[0] == "synthetic":
+        return "> **Energy source: synthetic.** A known-truth test source, not a measurement."
+    return (
+        f"> **Energy source: {sources[0]}** (a hardware counter: every joule includes the devices' "
+        "idle draw)."
+    )
 
 
 def _levels_text(factor: str, f: Mapping[str, Any]) -> str:
@@ -595,7 +615,8 @@ def render_ablation_summary(st: Mapping[str, Any]) -> str:
         f"Dataset {', '.join(st['datasets']) or '—'} · model {', '.join(st['models']) or '—'} · "
         f"{st['runs']} runs of {st['designs_count']} designs "
         f"({'-'.join(map(str, st['runs_per_design'])) or 0} per design) · "
-        f"epochs {', '.join(map(str, st['epochs'])) or '—'} · energy column `{col}`.",
+        f"epochs {', '.join(map(str, st['epochs'])) or '—'} · energy column `{col}`: "
+        f"{st['energy_label']}.",
         "",
     ]
     if not st["balanced"]:
@@ -664,8 +685,8 @@ def render_ablation_summary(st: Mapping[str, Any]) -> str:
         "",
         "## Designs",
         "",
-        "| design | conv | linear | ReLU | runs | params | energy (J), mean ± std | accuracy, mean ± std "
-        "| seconds |",
+        f"| design | conv | linear | ReLU | runs | params | {st['energy_label']}, mean ± std "
+        "| accuracy, mean ± std | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in st["designs"]:
@@ -692,18 +713,17 @@ def render_ablation_summary(st: Mapping[str, Any]) -> str:
 
 def _plots(rows: Sequence[Mapping[str, Any]], st: Mapping[str, Any], out_dir: Path) -> list[Path]:
     col = st["energy_column"]
-    source = "/".join(st["energy_sources"]) or "none"
     ordered = sorted(rows, key=_sort_key)
     by_design: dict[str, list[Mapping[str, Any]]] = {
         k: list(g) for k, g in itertools.groupby(ordered, key=lambda r: str(r["design_id"]))
     }
-    energy_label = f"{'net energy' if col == 'energy_net_j' else 'energy'} per run (J, {source})"
+    ylabel = _energy_label(st["energy_sources"], col)
     width = max(6.0, 0.8 * len(by_design) + 2)
     paths = []
 
     fig, (ax,) = new_figure(width, 4.5)
     groups = {k: [float(r[col]) for r in v] for k, v in by_design.items()}
-    box_plot(ax, groups, ylabel=energy_label, title="Energy per design", rotate_labels=True)
+    box_plot(ax, groups, ylabel=ylabel, title="Energy per design", rotate_labels=True)
     paths.append(save_figure_atomic(fig, out_dir / PLOT_ENERGY_DESIGN))
 
     fig, axes = new_figure(4.0 * len(ABLATION_FACTORS), 4.0, panels=len(ABLATION_FACTORS))
@@ -713,7 +733,7 @@ def _plots(rows: Sequence[Mapping[str, Any]], st: Mapping[str, Any], out_dir: Pa
             _level_label(name, lv): [float(r[col]) for r in rows if r[name] == lv] for lv in f["levels"]
         }
         eta = _fmt(f["eta_squared"], ".2f")
-        box_plot(ax, level_groups, ylabel=energy_label, title=f"{ABLATION_FACTORS[name]} (η² {eta})")
+        box_plot(ax, level_groups, ylabel=ylabel, title=f"{ABLATION_FACTORS[name]} (η² {eta})")
     paths.append(save_figure_atomic(fig, out_dir / PLOT_ENERGY_FACTOR))
 
     fig, (ax,) = new_figure(width, 4.5)

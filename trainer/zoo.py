@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import torch
 
     from energy.profile import ProfileRun
+    from trainer.training import StudyEnergy
 
 logger = logging.getLogger(__name__)
 
@@ -369,11 +370,13 @@ def _check_device(device: str) -> None:
         raise TrainerError(f"device {device!r} is not usable here: {exc}") from None
 
 
-def _create_meter(s: ResolvedSettings) -> energy.EnergyMeter:
-    try:
-        return energy.create_meter(s.energy_source, device=s.device, watts_per_core=s.watts_per_core)
-    except (energy.EnergyError, ValueError) as exc:
-        raise TrainerError(f"energy source {s.energy_source!r}: {exc}") from exc
+def _open_energy(s: ResolvedSettings) -> StudyEnergy:
+    """The study's meter, read by one sampler (started once) whose curve times every cell."""
+    from trainer.training import StudyEnergy  # imports torch: only when a study runs
+
+    return StudyEnergy.open(
+        s.energy_source, device=s.device, watts_per_core=s.watts_per_core, period_s=SAMPLER_PERIOD_S
+    )
 
 
 @contextmanager
@@ -591,7 +594,8 @@ def run_zoo(settings: ZooSettings, out_dir: Path, *, progress: bool = True) -> P
     energy source. Each cell's row is appended and flushed as soon as it is measured, so a study
     killed at any point keeps its finished cells; running it again skips them. At the end the
     table is rewritten with one row per cell (a cell decided again — one over the time budget —
-    replaces its earlier row). One meter and sampler serve the whole study.
+    replaces its earlier row). One meter and sampler serve the whole study: the idle power and
+    every cell are read from the sampler's curve (:func:`energy.profile.profile_batches`).
     """
     s = settings.resolved()
     out_dir = Path(out_dir)
@@ -607,7 +611,7 @@ def run_zoo(settings: ZooSettings, out_dir: Path, *, progress: bool = True) -> P
     from energy.allocator import configure_allocator
 
     _check_device(s.device)
-    meter = _create_meter(s)
+    meter = _open_energy(s)
     configure_allocator("reuse" if s.allocator == "reuse" else "system")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(s.torch_threads)
@@ -632,12 +636,11 @@ def run_zoo(settings: ZooSettings, out_dir: Path, *, progress: bool = True) -> P
                 os.fsync(f.fileno())
                 rows[(row["model"], row["batch_size"])] = row
 
-            idle_w = _idle_power_w(meter)
-            with (
-                energy.EnergySampler(meter, period_s=SAMPLER_PERIOD_S) as sampler,
-                _progress_bar(progress, total, planned_done) as step,
-            ):
-                measurer = _Measurer(s, sampler, idle_w, emit, step)
+            meter.start()
+            # The devices' idle power, once per study (0 for estimate, which is 0 when idle).
+            idle_w = meter.measure_idle_w(IDLE_S)
+            with _progress_bar(progress, total, planned_done) as step:
+                measurer = _Measurer(s, meter.sampler, idle_w, emit, step)
                 for entry in s.models:
                     measurer.model(entry, done)
     finally:
@@ -652,13 +655,6 @@ def run_zoo(settings: ZooSettings, out_dir: Path, *, progress: bool = True) -> P
     )
     zoo_report(table_csv, out_dir)
     return table_csv
-
-
-def _idle_power_w(meter: energy.EnergyMeter) -> float:
-    """The devices' idle power, measured once per study (0 for ``estimate``, which is 0 when idle)."""
-    from trainer.training import measure_idle_power_w
-
-    return measure_idle_power_w(meter, IDLE_S)
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import NullFormatter, NullLocator
 
+from energy.profile import idle_phrase
 from trainer.errors import TrainerError
 from trainer.report import (
     new_figure,
@@ -385,6 +386,15 @@ def _analyse(
     }
 
 
+def _energy_unit(rows: Sequence[Mapping[str, Any]], energy: str) -> str:
+    """The J/image figures' unit, source and idle: ``J, rapl, idle included`` (``net``: subtracted).
+
+    The gross figure is everything the meter's devices used while the batches ran, so it includes
+    their idle (static) draw for the hardware counters and synthetic, not for the estimate."""
+    source = "/".join(sorted({str(r["energy_source"]) for r in rows if r["energy_source"]})) or "no source"
+    return f"J, {source}, {idle_phrase(source.replace('/', '+'), net=energy == 'net')}"
+
+
 def zoo_stats(rows: Sequence[Mapping[str, Any]], *, energy: str = "gross") -> dict[str, Any]:
     """Everything the summary says, computed from the table's rows (JSON-ready).
 
@@ -413,6 +423,7 @@ def zoo_stats(rows: Sequence[Mapping[str, Any]], *, energy: str = "gross") -> di
         "energy": energy,
         "energy_column": column,
         "energy_sources": sorted({str(r["energy_source"]) for r in rows if r["energy_source"]}),
+        "energy_label": _energy_unit(rows, energy),
         "devices": sorted({str(r["device"]) for r in rows}),
         "threads": sorted({int(r["threads"]) for r in rows}),
         "weights": sorted({str(r["weights"]) for r in rows}),
@@ -464,8 +475,17 @@ def _banner(st: Mapping[str, Any]) -> list[str]:
             "*estimate*: this process's CPU time × an assumed power per core. It ranks networks by the "
             "CPU work they cause; it is not a measurement of the machine's consumption."
         )
+    elif sources[0] == "synthetic":
+        energy_line = "> **Energy source: synthetic.** A known-truth test source, not a measurement."
     else:
         energy_line = f"> **Energy source: {sources[0]}** (a hardware counter)."
+    if sources:
+        what = (
+            "the devices' idle power × the batches' time subtracted"
+            if st["energy"] == "net"
+            else "everything the meter read while the batches ran"
+        )
+        energy_line += f" J/image ({st['energy_label']}): {what}."
     return [
         energy_line,
         ">",
@@ -578,8 +598,9 @@ def render_zoo_summary(st: Mapping[str, Any]) -> str:
         "",
         "## Networks",
         "",
-        f"| network | year | acc@1 (%) | weights for acc | GFLOPS | params (M) | input | J/image @ {ref} | "
-        f"ms/batch @ {ref} | best batch | J/image @ best | images/s @ best | skipped sizes |",
+        f"| network | year | acc@1 (%) | weights for acc | GFLOPS | params (M) | input "
+        f"| J/image @ {ref} ({st['energy_label']}) | ms/batch @ {ref} | best batch "
+        f"| J/image @ best ({st['energy_label']}) | images/s @ best | skipped sizes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in st["models"]:
@@ -635,8 +656,7 @@ def _spread_years(models: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def _plots(st: Mapping[str, Any], out_dir: Path) -> list[Path]:
     ref = st["ref_batch"]
-    source = "/".join(st["energy_sources"]) or "none"
-    energy_label = f"J/image ({source}{', net of idle' if st['energy'] == 'net' else ''})"
+    energy_label = f"J/image ({st['energy_label'].removeprefix('J, ')})"
     with_ref = [m for m in st["models"] if m["ref_j"] is not None]
     paths = []
 

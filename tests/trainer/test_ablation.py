@@ -15,6 +15,7 @@ import torch
 from scipy import stats as scipy_stats
 
 import trainer.ablation as ablation
+from tests.trainer.conftest import WrappingRapl
 from trainer.ablation import SETTINGS_JSON, AblationSettings, designs, run_ablation
 from trainer.errors import TrainerError
 from trainer.report import (
@@ -130,7 +131,35 @@ def test_quick_study_writes_every_run_stats_plots_and_summary(quick_study: Path)
     assert f"The factor with the largest energy effect is **{largest}**" in summary
     assert "Energy source: estimate" in summary and "*estimate*" in summary
     assert "+95% (FashionMNIST)" in summary  # the study's figures stand next to ours
+    # Every energy figure says its source and that the estimate has no idle draw in it.
+    assert "energy column `energy_j`: energy per run (J, estimate, idle not included)" in summary
+    assert "| energy per run (J, estimate, idle not included), mean ± std |" in summary
+    assert stats["energy_label"] == "energy per run (J, estimate, idle not included)"
     assert not list(quick_study.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_a_study_on_rapl_reads_it_throughout_and_labels_idle(
+    tmp_path: Path, wrapping_rapl: WrappingRapl
+) -> None:
+    """One sampler for the study reads the (fake, wrapping) RAPL counter throughout: each run's
+    energy is the counter's 100 W over its time; the report says idle is included, or subtracted."""
+    settings = quick(energy_source="rapl", repeats=1, linear_levels=(3,), activation_levels=(True,))
+    run_ablation(settings, tmp_path, progress=False)
+    rows = read_rows(tmp_path / RUNS_CSV)
+    assert len(rows) == 2 and all(r["energy_source"] == "rapl" for r in rows)
+    for row in rows:
+        assert float(row["energy_j"]) == pytest.approx(100.0 * float(row["seconds"]), rel=0.1)
+        assert abs(float(row["energy_net_j"])) < 0.1 * float(row["energy_j"])  # all of it is "idle"
+    summary = (tmp_path / "ablation_summary.md").read_text()
+    assert (
+        "Energy source: rapl** (a hardware counter: every joule includes the devices' idle draw)" in summary
+    )
+    assert "energy per run (J, rapl, idle included)" in summary
+    ablation_report(tmp_path / RUNS_CSV, tmp_path / "net", energy_column="energy_net_j")
+    assert (
+        "net energy per run (J, rapl, idle subtracted)"
+        in (tmp_path / "net" / "ablation_summary.md").read_text()
+    )
 
 
 def test_report_redrawn_from_the_csv_alone_gives_the_same_stats(quick_study: Path, tmp_path: Path) -> None:

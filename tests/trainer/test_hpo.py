@@ -18,6 +18,7 @@ import pytest
 from torch import nn
 
 from energy import EnergyMeter
+from tests.trainer.conftest import WrappingRapl
 from trainer import hpo
 from trainer.data import Dataset
 from trainer.errors import TrainerError
@@ -115,6 +116,7 @@ def test_quick_study_of_every_strategy_writes_trials_summary_and_plots(tmp_path:
         assert (row["state"] == "PRUNED") == (row["pruned"] == "True")
         assert int(row["epochs_run"]) == s.n_epochs or row["state"] == "PRUNED"
         assert float(row["sampler_energy_j"]) >= 0 and float(row["sampler_seconds"]) >= 0
+        assert row["energy_idle_included"] == "false"
     for strategy in hpo.STRATEGIES:  # best_so_far: the running best of the completed trials
         completed: list[float] = []
         for row in (r for r in rows if r["strategy"] == strategy):
@@ -127,14 +129,32 @@ def test_quick_study_of_every_strategy_writes_trials_summary_and_plots(tmp_path:
         summary = list(csv.DictReader(f))
     assert [r["strategy"] for r in summary] == list(hpo.STRATEGIES)
     assert list(summary[0]) == list(hpo.SUMMARY_COLUMNS)
+    assert {r["energy_idle"] for r in summary} == {"idle not included"}
     markdown = (tmp_path / "hpo_summary.md").read_text()
-    assert "ESTIMATE" in markdown and "(J, estimate)" in markdown
+    assert "ESTIMATE" in markdown and "(J, estimate, idle not included)" in markdown
     for strategy in hpo.STRATEGIES:
         assert f"| {strategy} |" in markdown
     for png in ("hpo_best_so_far.png", "hpo_cumulative_energy.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "hpo_settings.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_study_on_rapl_reads_it_throughout_and_labels_idle(
+    tmp_path: Path, wrapping_rapl: WrappingRapl
+) -> None:
+    """One sampler reads the (fake, wrapping) RAPL counter throughout the HPO: each trial's energy
+    and the Optuna sampler's overhead between trials are the counter's 100 W over their time."""
+    run_hpo(settings(energy_source="rapl", strategies=("random",), idle_s=0.05), tmp_path, progress=False)
+    rows = read_trials_csv(tmp_path / "hpo_trials.csv")
+    for row in rows:
+        assert row["energy_source"] == "rapl" and row["energy_idle_included"] == "true"
+        assert float(row["energy_j"]) == pytest.approx(100.0 * float(row["seconds"]), rel=0.1)
+        assert float(row["sampler_energy_j"]) == pytest.approx(
+            100.0 * float(row["sampler_seconds"]), rel=0.1, abs=0.5
+        )
+    markdown = (tmp_path / "hpo_summary.md").read_text()
+    assert "(J, rapl, idle included)" in markdown and "ESTIMATE" not in markdown
 
 
 # --- the grid -----------------------------------------------------------------------------------

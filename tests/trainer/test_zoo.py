@@ -191,10 +191,14 @@ def test_quick_run_writes_table_plots_and_summary(tmp_path: Path) -> None:
     summary = (out / SUMMARY_MD).read_text()
     assert "random" in summary.lower() and "estimate" in summary
     assert "shufflenet_v2_x0_5" in summary
+    # The J/image columns and the plots' axes say the source and that the estimate has no idle in it.
+    assert "| J/image @ 1 (J, estimate, idle not included) |" in summary
+    assert "J/image (J, estimate, idle not included): everything the meter read" in summary
     for plot in (PLOT_BY_YEAR, PLOT_PARETO, PLOT_BY_BATCH):
         assert (out / plot).stat().st_size > 1000
     stats = json.loads((out / STATS_JSON).read_text())
     assert stats["ref_batch"] == 1 and stats["cells_measured"] == 6
+    assert stats["energy_label"] == "J, estimate, idle not included"
     assert json.loads((out / SETTINGS_JSON).read_text())["weights"] == "random"
 
 
