@@ -167,6 +167,25 @@ def test_profile_calls(sampler: EnergySampler) -> None:
     assert run.points[0].energy_idle_included is False
 
 
+def test_profile_batches_reads_a_slow_counter_settled_on_its_curve() -> None:
+    """A counter that advances every 100 ms (the synthetic source, NVML-like, 200 W idle): the loop's
+    energy is read once the curve covers the loop's end, an interpolation, close to the truth."""
+    from energy import SyntheticMeter
+
+    with (
+        SyntheticMeter(watts_per_core=10.0, idle_w=200.0, counter_period_ms=100.0, read_ms=0.0) as meter,
+        EnergySampler(meter) as running,
+    ):
+        running.wait_ready(5.0)
+        run = profile_batches(
+            lambda size: time.sleep(0.01), [1], warmup=0, repeats=1, sampler=running, min_time_s=0.3
+        )
+    (only,) = run.points
+    assert only.energy_source == "synthetic" and only.energy_idle_included is True
+    wall_s = only.batches / only.images_per_s
+    assert only.energy_j_per_batch * only.batches == pytest.approx(200.0 * wall_s, rel=0.15)
+
+
 class FakeGpuMeter(EnergyMeter):
     """An accelerator's meter (like nvml: idle included, no CPU scope) drawing ``watts`` always."""
 
