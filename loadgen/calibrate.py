@@ -124,19 +124,20 @@ class _Batch:
 def _batches(
     requests: Sequence[_Request], sent_s: Sequence[float], decode_ms: float
 ) -> tuple[list[_Batch], list[_Request]]:
-    """The run's batches, rebuilt from its answered requests: those of one batch share its size,
-    compute time and energy share, and leave together (consecutive by end time). A batch's interval
+    """The run's batches, rebuilt from its answered requests: those of one batch share its size and
+    compute time, and leave together (consecutive by end time); a batch's energy is the sum of its
+    requests' (each carries its model share plus its own decode and serving parts). A batch's interval
     ends when its responses leave, less the median response overhead; any request sent (whatever
     its answer) counts as arriving while it computed if its decoding finished inside. Also the
     requests, each with its rank among its batch's answers."""
-    groups: dict[tuple[int, float, float], list[_Request]] = {}
+    groups: dict[tuple[int, float], list[_Request]] = {}
     for r in requests:
-        groups.setdefault((r.batch_size, round(r.compute_ms, 6), round(r.energy_j, 9)), []).append(r)
+        groups.setdefault((r.batch_size, round(r.compute_ms, 6)), []).append(r)
     post_s = max(0.0, float(np.median([r.other_ms for r in requests])) / 1000.0 - decode_ms / 1000.0)
     arrivals = np.sort(np.asarray(sent_s, dtype=np.float64) + decode_ms / 1000.0)
     batches = []
     ranked = []
-    for (size, compute_ms, energy_j), members in groups.items():
+    for (size, compute_ms), members in groups.items():
         members = sorted(members, key=lambda r: r.end_s)
         for first in range(0, len(members), size):  # identical batches: split by size, in time order
             chunk = members[first : first + size]
@@ -144,7 +145,9 @@ def _batches(
             end = float(np.median([m.end_s for m in chunk])) - post_s
             start = end - compute_ms / 1000.0
             during = int(np.searchsorted(arrivals, end) - np.searchsorted(arrivals, start, side="right"))
-            batches.append(_Batch(size, compute_ms, energy_j * size, during))
+            batches.append(
+                _Batch(size, compute_ms, sum(m.energy_j for m in chunk) * size / len(chunk), during)
+            )
     return batches, ranked
 
 
@@ -165,7 +168,8 @@ def _read_run(run_dir: Path, profile: ModelProfile) -> tuple[list[_Request], lis
         with path.open(newline="", encoding="utf-8") as f:
             every = list(csv.DictReader(f))
         sent = [float(row["start_s"]) for row in every if row.get("start_s")]
-        rows = [row for row in every if row["status"] == "200"]
+        # Answered, with a known energy (a failing meter leaves energy_j empty).
+        rows = [row for row in every if row["status"] == "200" and row.get("energy_j")]
         requests = [
             _Request(
                 int(row["batch_size"]),

@@ -92,8 +92,9 @@ def test_net_energy_subtracts_idle_power(digits: Dataset) -> None:
     meter = WattMeter(idle_w=5.0, busy_w=20.0)
     result = train(small_cnn(digits), digits, TrainConfig(epochs=1, idle_s=0.05), meter=meter)
     assert result.energy_source == "fake"
-    # Sleeping: ~no CPU time but the sampler's own reads (~1-3 % of a core, at 20 W per CPU-second).
-    assert result.idle_power_w == pytest.approx(5.0, abs=1.0)
+    # Sleeping: ~no CPU time but the sampler's own reads and torch's pool threads still spinning from
+    # earlier work (each % of a core is 0.2 W here, at 20 W per CPU-second): at least the 5 W.
+    assert 5.0 * 0.98 <= result.idle_power_w < 10.0
     assert result.energy_j > 5.0 * result.seconds  # the busy part on top of the constant one
     assert result.energy_net_j == pytest.approx(result.energy_j - result.idle_power_w * result.seconds)
     assert 0 < result.energy_net_j < result.energy_j
