@@ -182,7 +182,7 @@ class EnergyAccountant:
 
     # --- attributing --------------------------------------------------------------------------
 
-    def cpu_work(self, stage: str, cpu_s: float, *, record: bool = True) -> StageEnergy:
+    def cpu_work(self, stage: str, cpu_s: float) -> StageEnergy:
         """Joules of ``cpu_s`` CPU seconds of work for ``stage`` (recorded as attributed)."""
         unknown = self.cpu.status()
         factor = self.cpu.joules_per_cpu_s() if unknown is None else None
@@ -192,8 +192,7 @@ class EnergyAccountant:
             )
         per_cpu_s, shares = factor
         joules = max(0.0, cpu_s) * per_cpu_s
-        if record:
-            self._record(stage, self.cpu.source, {d: joules * f for d, f in shares.items()})
+        self._record(stage, self.cpu.source, {d: joules * f for d, f in shares.items()})
         return StageEnergy(stage, {self.cpu.source: joules}, cpu_s=cpu_s)
 
     def _record(self, stage: str, source: str, by_device: dict[str, float]) -> None:

@@ -219,8 +219,8 @@ async def classify(
     labels = classifier.labels
     request_id = str(request.scope["state"]["request_id"])
     k = min(top_k, len(item.indices))
-    # The event loop's CPU time per request it finished over the last second (this request's share
-    # of parsing, routing, batching and answering), priced like the decode.
+    # The event loop's CPU time per request it began over the last second (this request's share of
+    # parsing, routing, batching and answering), priced like the decode.
     serving = accountant.cpu_work("serving", state.serving.per_event_cpu_s())
     energy = RequestEnergy((item.energy, decoded, serving), idle_included=_gpu_idle_included(accountant))
     energy_j = energy.joules
