@@ -14,6 +14,9 @@ requests, and prints four figures per source, measured side by side in one run:
    model says (1 ± 0.05);
 4. **p99 ÷ p50 of energy_j** among requests in batches of the most common size (≤ 1.5).
 
+A sensor (``--sources nvml --model resnet50 --weights random --device cuda`` on a GPU machine) has no
+model truth: its figures are the closure on its own counter, the 0 J count and the spread.
+
 Linux only (``/proc``). Every figure names its source; J/request is the *attributed* figure
 (idle excluded), as the responses give it.
 """
@@ -36,6 +39,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from energy import MODEL_SOURCES
 from loadgen.metrics import metric, parse_metrics
 from loadgen.servers import greenserve_argv, running_server, server_env
 
@@ -108,12 +112,16 @@ def measure(
     warm_s: float = 2.0,
     max_batch_size: int = 8,
     max_wait_ms: float = 2.0,
+    device: str = "cpu",
+    weights: str | None = None,
     workdir: Path,
     env: dict[str, str] | None = None,
 ) -> EnergyCheck:
     """Serve ``model`` with ``source`` and measure the four figures over ``seconds`` of load."""
     settings: dict[str, object] = {
         "model": model,
+        "device": device,
+        "weights": weights,
         "energy_source": source,
         "watts_per_core": WATTS_PER_CORE,
         "max_batch_size": max_batch_size,
@@ -148,7 +156,11 @@ def measure(
     )
     requests_j = sum(known)
     mean_j = requests_j / max(1, len(known))
-    truth_j = WATTS_PER_CORE * (cpu1 - cpu0) / max(1, len(answers))
+    # A model source's truth is its power model over the server's CPU time; a sensor has no such
+    # truth here (its check is the closure on its own counter).
+    truth_j = (
+        WATTS_PER_CORE * (cpu1 - cpu0) / max(1, len(answers)) if source in MODEL_SOURCES else float("nan")
+    )
     sizes = Counter(int(str(a["batch_size"])) for a in answers)
     size = sizes.most_common(1)[0][0] if sizes else 0
     same = [float(str(a["energy_j"])) for a in answers if int(str(a["batch_size"])) == size and a["energy_j"]]
@@ -168,7 +180,7 @@ def measure(
         closure=(requests_j + idle_j) / device_j if device_j > 0 else float("nan"),
         mean_j=mean_j,
         truth_j=truth_j,
-        mean_vs_truth=mean_j / truth_j if truth_j > 0 else float("nan"),
+        mean_vs_truth=mean_j / truth_j if truth_j > 0 else float("nan"),  # NaN > 0 is False
         batch_size=size,
         p99_over_p50=p99_over_p50,
         device_j=device_j,
@@ -222,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.energy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES), help="comma-separated energy sources")
     parser.add_argument("--model", default="digits_cnn")
+    parser.add_argument("--weights", help="the servers' --weights (e.g. random for resnet50 offline)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="the servers' torch device (the NVML check: --sources nvml --model resnet50 --device cuda)",
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration-s", type=float, default=10.0, help="measured window per source")
     parser.add_argument("--max-batch-size", type=int, default=8)
@@ -249,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seconds=seconds,
                     max_batch_size=args.max_batch_size,
                     max_wait_ms=args.max_wait_ms,
+                    device=args.device,
+                    weights=args.weights,
                     workdir=Path(tmp),
                 )
             )
