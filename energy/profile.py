@@ -332,16 +332,33 @@ def profile_calls(
     durations, _wall_s, energy_j = _timed_loop(
         call, repeats=repeats, min_time_s=min_time_s, sampler=sampler, synchronize=None
     )
-    ms = np.asarray(durations, dtype=np.float64) * 1000.0
-    p50, p99 = np.percentile(ms, [50, 99])
-    return CallCost(
-        len(durations),
-        float(ms.mean()),
-        float(p50),
-        float(p99),
+    return _call_cost(
+        durations,
         energy_j / len(durations),
         energy_source=sampler.source,
         energy_idle_included=sampler.meter.idle_included,
+    )
+
+
+def _call_cost(
+    durations_s: Sequence[float],
+    energy_j: float | None,
+    *,
+    energy_source: str,
+    energy_idle_included: bool,
+    unknown: str | None = None,
+) -> CallCost:
+    ms = np.asarray(durations_s, dtype=np.float64) * 1000.0
+    p50, p99 = np.percentile(ms, [50, 99])
+    return CallCost(
+        len(durations_s),
+        float(ms.mean()),
+        float(p50),
+        float(p99),
+        energy_j,
+        energy_source=energy_source,
+        energy_idle_included=energy_idle_included,
+        unknown=unknown,
     )
 
 
@@ -381,13 +398,8 @@ def profile_thread_calls(
             unknown = unknown or out[0].unknown
         else:
             joules += part
-    ms = np.asarray(durations, dtype=np.float64) * 1000.0
-    p50, p99 = np.percentile(ms, [50, 99])
-    return CallCost(
-        len(durations),
-        float(ms.mean()),
-        float(p50),
-        float(p99),
+    return _call_cost(
+        durations,
         None if unknown is not None else joules / len(durations),
         energy_source=accountant.cpu.source,
         energy_idle_included=False,
