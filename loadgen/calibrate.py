@@ -14,14 +14,12 @@ of the batch's energy), e.g. two configurations of a sweep:
   it computed)``: decoding and HTTP compete with the model thread for the CPU and the GIL, so a
   batch is slower during a burst than at a steady rate, whatever its size;
 * **batch energy** — least squares (no intercept, both ≥ 0), ``energy = energy_scale × the
-  profile's power at the batch's size × its served time + arrival_energy_j × (requests that reached
-  the server while it computed)``: a batch draws the profile's power, scaled, for as long as it
-  runs, and a CPU meter that reads the whole process (``estimate``) or package (``rapl``) also
-  charges it the decoding and HTTP work done meanwhile on the other cores, which does not lengthen
-  it (the simulator's ``overhead_j_per_request``, charged the same way). Fitted rather than taken
-  from the profile's decode cost: the HTTP work is in it, and a decode that overlaps the batch only
-  in part is charged only in part (shufflenet here: 13.5 mJ per arrival, against 21.8 mJ for a
-  whole decode offline);
+  profile's power at the batch's size × its served time + request_energy_j × (requests in the
+  batch)``, where a batch's energy is the sum of its requests' ``energy_j``: a batch draws the
+  profile's power, scaled, for as long as it runs, and each of its requests also carries its own
+  decode and its share of the serving work (the server's whole-cost attribution, docs/energy.md),
+  which batching does not shrink (the simulator's ``overhead_j_per_request``). Fitted rather than
+  taken from the profile's decode cost: the HTTP work is in it too;
 * **batch-time spread** — ``service_cv``, the coefficient of variation of the residuals of the
   time fit relative to the fitted time;
 * **response overhead** — (latency − ``queue_ms`` − ``compute_ms`` − the profile's decode time)
@@ -71,7 +69,8 @@ class Calibration:
     source_runs: tuple[str, ...] = ()
     source_keys: tuple[str, ...] = ()  # their sweep keys, when they are a sweep's runs
     post_per_rank_ms: float = 0.0  # each later response of a batch leaves this much after the one before
-    arrival_energy_j: float = 0.0  # charged to a batch per request reaching the server while it computes
+    # Each request's own decode and serving energy (the name is kept for calibrations already saved).
+    arrival_energy_j: float = 0.0
 
     def apply(self, config: SimConfig) -> SimConfig:
         """``config`` (with its profile's decode time as ``pre_queue_ms``) and these costs."""
@@ -83,7 +82,7 @@ class Calibration:
             service_cv=self.service_cv,
             energy_scale=self.energy_scale,
             energy_follows_time=True,
-            overhead_j_per_request=self.arrival_energy_j,  # charged to the batch then computing
+            overhead_j_per_request=self.arrival_energy_j,  # each request's decode and serving
             post_batch_samples_ms=self.post_batch_samples_ms,
             post_per_rank_ms=self.post_per_rank_ms,
         )
@@ -94,7 +93,7 @@ class Calibration:
             f"batch time = {self.compute_scale:.3f} × profile + {self.batch_overhead_ms:.2f} ms + "
             f"{self.arrival_delay_ms:.2f} ms per request arriving meanwhile (CV {self.service_cv:.3f}); "
             f"batch energy = {self.energy_scale:.3f} × profile power × batch time + "
-            f"{self.arrival_energy_j * 1000:.2f} mJ per request arriving meanwhile; "
+            f"{self.arrival_energy_j * 1000:.2f} mJ per request of the batch (its decode and serving); "
             f"response overhead median {np.median(post):.1f} ms, "
             f"p99 {np.percentile(post, 99):.1f} ms + {self.post_per_rank_ms:.2f} ms per earlier response "
             f"of the batch; from {self.batches} batches of sizes "
@@ -231,12 +230,14 @@ def calibrate(
             0.0,
             0.0,
         )
-    # Energy: the profile's power, scaled, over the served batch time, plus the work of the requests
-    # arriving meanwhile. Without arrivals to fit a line on, a ratio of the totals.
+    # Energy: the profile's power, scaled, over the served batch time, plus each request's own decode
+    # and serving work. Without batch sizes to fit a line on, a ratio of the totals.
     energy_j = np.array([b.energy_j for b in batches])
     drawn_j = power_w * compute_ms / 1000.0
-    if arrivals.any():
-        energy_scale, arrival_energy_j = _fit([drawn_j, arrivals], energy_j, intercept=False)[:2]
+    if np.ptp(sizes) > 0:
+        energy_scale, arrival_energy_j = _fit([drawn_j, sizes.astype(np.float64)], energy_j, intercept=False)[
+            :2
+        ]
     else:
         energy_scale, arrival_energy_j = float(energy_j.sum() / drawn_j.sum()), 0.0
     fitted = compute_scale * profile_ms + arrival_delay_ms * arrivals + overhead_ms

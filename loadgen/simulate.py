@@ -74,11 +74,9 @@ class SimConfig:
       time varies more than offline (the machine is shared with decoding, HTTP, the client), and
       the p99 of small batches is mostly that variation;
     * ``overhead_j_per_request`` is the energy of that per-request work (decoding, HTTP; a
-      profile's ``preprocess_j_per_image``). The server's CPU meters (``estimate``, ``rapl``)
-      charge it to whichever batch is computing when it is done, and to no batch when the model is
-      idle; the simulator does the same, charging each request's overhead to the batch running at
-      its queue entry (rejected requests were decoded too). Leave it at 0 for ``nvml``: the GPU's
-      meter does not see CPU work.
+      profile's ``preprocess_j_per_image``, priced by the CPU meter). The server charges it to the
+      request itself, whatever the model is doing (its whole-cost attribution, docs/energy.md); the
+      simulator adds it to each answered request's batch, so J/request is the model's share plus it.
 
     * ``arrival_delay_ms`` lengthens the running batch for every request that reaches the server
       while it computes: decoding and HTTP compete with the model thread for the CPU and the GIL
@@ -274,10 +272,9 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
                 status[arrival] = 504  # the deadline passed while decoding (pre_queue_ms ≥ timeout)
             else:
                 queue.append(arrival)
-            if running and (overhead_j or arrival_delay_s):
-                # Charged to the batch computing now (the latest started when several are).
+            if running and arrival_delay_s:
+                # Decoding and HTTP lengthen the batch computing now (the latest when several are).
                 latest = max(index for _, index in running)
-                energies[latest] += overhead_j
                 if arrival_delay_s:
                     ends[latest] += arrival_delay_s
                     for item in members[latest]:
@@ -300,7 +297,9 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
             starts.append(now)
             ends.append(end)
             sizes.append(size)
-            energies.append(batch_j[size])
+            # Each request carries its own decode and serving energy (the server's whole-cost
+            # attribution): its batch's energy is the model's plus that, size times.
+            energies.append(batch_j[size] + overhead_j * size)
             free -= 1
     if config.energy_follows_time:
         for index, size in enumerate(sizes):

@@ -108,8 +108,8 @@ def test_calibration_formulas_by_hand(tmp_path: Path) -> None:
 def test_calibration_fits_size_and_arrival_costs_by_hand(tmp_path: Path) -> None:
     """Batches of 1 and 2; some with a request arriving while they compute. Served time =
     1.5 × profile + 2 ms + 3 ms per arrival; energy = 0.8 × the profile's 10 W over that time +
-    0.05 J per arrival; a batch's second answer leaves 0.5 ms after its first, each 6 ms after the
-    batch. Exactly: the fits must find those numbers."""
+    0.05 J per request of the batch (its own decode and serving); a batch's second answer leaves
+    0.5 ms after its first, each 6 ms after the batch. Exactly: the fits must find those numbers."""
     run = tmp_path / "run"
     _run_dir(tmp_path, [10.0])  # the summary and trace; requests rewritten below
     rows = []
@@ -118,7 +118,7 @@ def test_calibration_fits_size_and_arrival_costs_by_hand(tmp_path: Path) -> None
     for size, arrival in [(1, False), (2, False), (1, True), (2, True), (1, False), (2, True)]:
         profile_ms = 10.0 if size == 1 else 16.0
         compute = 1.5 * profile_ms + 2.0 + (3.0 if arrival else 0.0)
-        energy = 0.8 * 10.0 * compute / 1000 + (0.05 if arrival else 0.0)
+        energy = 0.8 * 10.0 * compute / 1000 + 0.05 * size
         for rank in range(size):  # sent at t, decoded by t + 1 ms, computing from t + 1.5 ms
             latency = 1.0 + 0.5 + compute + 6.0 + 0.5 * rank
             rows.append([index, "200", size, latency, 0.5, compute, energy / size, t, t + latency / 1000])

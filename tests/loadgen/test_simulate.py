@@ -189,14 +189,14 @@ def test_responses_of_a_batch_leave_one_after_another() -> None:
     assert result.figures.throughput_rps == pytest.approx(4 / 0.097)
 
 
-def test_overhead_energy_goes_to_the_batch_running_at_queue_entry() -> None:
-    # As test_full_batches_cut_by_size: batches 30-55, 70-95, 110-135. Arrivals 40, 50 land in the
-    # first, 80, 90 in the second; 30, 70, 110 are queued just before their own cut, and 60 and 100
-    # arrive while the model is idle: no batch pays for them (nor does the server's meter).
+def test_every_request_carries_its_own_overhead_energy() -> None:
+    # As test_full_batches_cut_by_size: three batches of 4. The server charges each request its own
+    # decode and serving energy, whatever the model is doing (even for requests that arrive while it
+    # is idle), so each batch carries 4 × 0.5 J on top of the model's 1.4 J.
     config = SimConfig(max_batch_size=4, max_wait_ms=50, overhead_j_per_request=0.5)
     result = simulate(every_10_ms(12), constant_latency(), config)
-    assert [b.energy_j for b in result.batches] == pytest.approx([1.4 + 1.0, 1.4 + 1.0, 1.4])
-    assert result.figures.j_per_request == pytest.approx((3 * 1.4 + 2.0) / 12)
+    assert [b.energy_j for b in result.batches] == pytest.approx([1.4 + 2.0] * 3)
+    assert result.figures.j_per_request == pytest.approx(1.4 / 4 + 0.5)
 
 
 def test_overheads_from_the_profile() -> None:
