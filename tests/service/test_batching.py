@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from service.batching import Batcher, BatchingConfig, DrainReport
+from service.batching import Batcher, BatchingConfig, DrainReport, NullObserver
 from service.errors import (
     BatchResultLengthError,
     DeadlineExceededError,
@@ -265,22 +265,13 @@ def test_config_validation_names_the_value() -> None:
         BatchingConfig(max_queue=0)
 
 
-class CutSignal:
+class CutSignal(NullObserver):
     """An observer whose ``cut`` event is set when the queue empties after a submit: a batch
     was just cut, and its ``handle_batch`` has not started yet."""
 
     def __init__(self) -> None:
         self.cut = asyncio.Event()
         self._queued = False
-
-    def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None:
-        pass
-
-    def on_batch_end(self, batch_size: int, duration_s: float, ok: bool) -> None:
-        pass
-
-    def on_reject(self, reason: str) -> None:
-        pass
 
     def on_queue_depth(self, depth: int) -> None:
         if depth > 0:
