@@ -149,8 +149,9 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
             warm.cancel()
             # What is left of the drain's one deadline: uvicorn's connection wait used the rest.
             # (Under GreenServer the batcher's drain began with uvicorn's shutdown: same report.)
-            report = await state.batcher.close(state.drain_remaining_s())
-            logger.info("shutdown: %d accepted requests answered, %d failed", report.answered, report.failed)
+            await state.batcher.close(state.drain_remaining_s())  # (it logs its own report)
+            # Every connection is closed by now (or uvicorn gave up on it): the tally is complete.
+            logger.info("shutdown: while draining, %s", state.drain.summary())
             state.engine.close()
             state.decode_pool.shutdown(wait=False, cancel_futures=True)
             close_accountant(state.accountant)

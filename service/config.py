@@ -98,6 +98,16 @@ class Settings(BaseSettings):
         300_000, gt=0, description="Largest X-Request-Timeout-Ms a client may ask for."
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long to finish accepted work.")
+    drain_idle_grace_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description=(
+            "On shutdown, how long an idle keep-alive connection stays open, so that a request already "
+            "on the wire is answered (503 draining, Connection: close) instead of meeting a closed "
+            "connection; 0 closes idle connections at once."
+        ),
+    )
 
     # --- input limits ---
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body (413).")

@@ -123,6 +123,14 @@ class Metrics:
         )
         for reason in ("queue_full", "deadline", "draining"):
             self.rejected.labels(reason=reason)
+        self.drain_responses = Counter(
+            "greenserve_drain_responses",
+            "Responses finished after the drain began (requests in flight at the signal and those "
+            "arriving on open connections), by HTTP status and whether the response was written "
+            "(written=false: the client's connection was gone).",
+            ["status", "written"],
+            registry=r,
+        )
         self.batch_energy = Counter(
             "greenserve_batch_energy_joules",
             "Energy attributed to requests answered 200, all parts (model share, decode, serving), "

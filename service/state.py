@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -25,6 +26,30 @@ class Phase(enum.Enum):
 
 
 @dataclass
+class DrainTally:
+    """Responses finished once the drain began: by HTTP status, and whether each was written (False:
+    the client's connection was gone, so the answer never left the server)."""
+
+    responses: Counter[tuple[int, bool]] = field(default_factory=Counter)
+
+    def add(self, status: int, written: bool) -> None:
+        self.responses[(status, written)] += 1
+
+    def summary(self) -> str:
+        """E.g. ``231 answered (200: 224, 503: 7), 0 could not be written``."""
+        answered: Counter[int] = Counter()
+        for (status, written), n in self.responses.items():
+            if written:
+                answered[status] += n
+        by_status = ", ".join(f"{status}: {n}" for status, n in sorted(answered.items()))
+        unwritten = sum(n for (_, written), n in self.responses.items() if not written)
+        return (
+            f"{sum(answered.values())} answered ({by_status or 'none'}), "
+            f"{unwritten} could not be written (connection gone)"
+        )
+
+
+@dataclass
 class ServerState:
     settings: Settings
     metrics: Metrics
@@ -39,6 +64,7 @@ class ServerState:
     started_at: float = field(default=0.0)
     #: ``time.monotonic()`` by which the drain must be over; set once, when draining begins.
     drain_deadline: float | None = None
+    drain: DrainTally = field(default_factory=DrainTally)
 
     @property
     def meter(self) -> EnergyMeter:
@@ -51,6 +77,12 @@ class ServerState:
         if self.drain_deadline is None:
             self.drain_deadline = time.monotonic() + self.settings.drain_timeout_s
         self.phase = Phase.DRAINING
+
+    def observe_response(self, status: int, written: bool) -> None:
+        """A response finished (written to its connection or not); counted while draining."""
+        if self.phase is Phase.DRAINING:
+            self.drain.add(status, written)
+            self.metrics.drain_responses.labels(status=str(status), written=str(written).lower()).inc()
 
     def drain_remaining_s(self) -> float:
         """Seconds left until the drain deadline, at least 0 (all of ``drain_timeout_s`` before

@@ -2,7 +2,11 @@
 
 A pure ASGI middleware (not ``BaseHTTPMiddleware``, which adds a task and a copy per request):
 it gives each request an id (the client's ``X-Request-ID`` when it is sane), echoes it in the
-response, counts ``/classify`` requests by final status, and writes one JSON log line.
+response, counts ``/classify`` requests by final status, and writes one JSON log line. It sees
+every response, so it is also where the drain shows: once the server is draining each response
+says ``Connection: close`` and is counted by status and by whether it could be written (the
+connection tells it when the client was gone: :mod:`service.connections`); the log line then
+carries ``"written": false``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.connections import CONNECTION_LOST
+from service.state import Phase
 
 access_logger = logging.getLogger("greenserve.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -50,8 +57,12 @@ class AccessLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if server is not None and server.phase is Phase.DRAINING:
+                    # The connection closes after this answer: the client sends nothing more on it.
+                    headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -60,9 +71,12 @@ class AccessLogMiddleware:
             duration_s = time.perf_counter() - started
             path = scope["path"]
             server = getattr(scope["app"].state, "server", None) if "app" in scope else None
-            if path == CLASSIFY_PATH and server is not None:
-                server.metrics.requests.labels(status=str(status)).inc()
-                server.metrics.request_duration.observe(duration_s)
+            written = not state.get(CONNECTION_LOST, False)
+            if server is not None:
+                server.observe_response(status, written)
+                if path == CLASSIFY_PATH:
+                    server.metrics.requests.labels(status=str(status)).inc()
+                    server.metrics.request_duration.observe(duration_s)
             if self.enabled and access_logger.isEnabledFor(logging.INFO):
                 record = {
                     "request_id": request_id,
@@ -72,5 +86,7 @@ class AccessLogMiddleware:
                     "duration_ms": round(duration_s * 1000, 3),
                     "client": (scope.get("client") or ("", 0))[0],
                 }
+                if not written:
+                    record["written"] = False
                 record.update(state.get("log_extra", {}))
                 access_logger.info(json.dumps(record, separators=(",", ":")))

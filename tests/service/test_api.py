@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import logging
 import re
 import threading
+from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client import generate_latest
 
 from service import imaging
 from service.api import routes
+from service.api.middleware import AccessLogMiddleware
+from service.connections import CONNECTION_LOST
 from service.state import Phase
 from tests.conftest import gray_png, make_settings, png_bytes, running_app
 from tests.fakes import POISON, FakeClassifier
@@ -217,13 +223,57 @@ async def test_not_ready_while_warming_then_ready() -> None:
         await assert_still_serving(client)
 
 
-async def test_draining_is_503() -> None:
+async def test_draining_is_503_and_every_answer_closes_its_connection() -> None:
     async with running_app(make_settings(), FakeClassifier()) as (app, client):
-        app.state.server.begin_draining()
-        assert_error(await client.get("/readyz"), 503, "draining")
+        assert "connection" not in (await client.get("/healthz")).headers  # kept alive
+        state = app.state.server
+        state.begin_draining()
+        readyz = await client.get("/readyz")
+        assert_error(readyz, 503, "draining")
         response = await client.post("/classify", content=gray_png(1), headers={"content-type": "image/png"})
         assert_error(response, 503, "draining")
         assert response.headers["retry-after"] == "1"
+        healthz = await client.get("/healthz")
+        assert healthz.status_code == 200
+        # Once draining, each answer is its connection's last: the client sends nothing more on it.
+        assert [r.headers["connection"] for r in (readyz, response, healthz)] == ["close"] * 3
+        summary = state.drain.summary()
+        assert summary == "3 answered (200: 1, 503: 2), 0 could not be written (connection gone)"
+        text = (await client.get("/metrics")).text
+        assert 'greenserve_drain_responses_total{status="503",written="true"} 2.0' in text
+        assert 'greenserve_drain_responses_total{status="200",written="true"} 1.0' in text
+
+
+async def test_a_response_whose_connection_was_lost_is_logged_and_counted_as_unwritten(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connection (service.connections) marks a request whose client went away before its
+    answer was written: the access log and the drain's count say so instead of the status."""
+
+    async def answered_after_the_client_left(scope: Any, receive: Any, send: Any) -> None:
+        scope["state"][CONNECTION_LOST] = True  # as DrainAware*Protocol.connection_lost does
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with running_app(make_settings(access_log=True), FakeClassifier()) as (app, _):
+        app.state.server.begin_draining()
+        middleware = AccessLogMiddleware(answered_after_the_client_left)
+        scope = {"type": "http", "app": app, "method": "POST", "path": "/classify", "headers": []}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            pass
+
+        with caplog.at_level(logging.INFO, logger="greenserve.access"):
+            await middleware(scope, receive, send)
+        record = json.loads(caplog.records[-1].getMessage())
+        assert record["status"] == 200 and record["written"] is False
+        summary = app.state.server.drain.summary()
+        assert summary == "0 answered (none), 1 could not be written (connection gone)"
+        text = generate_latest(app.state.server.metrics.registry).decode()
+        assert 'greenserve_drain_responses_total{status="200",written="false"} 1.0' in text
 
 
 async def test_batching_settings_get_put_and_token() -> None:
