@@ -441,6 +441,7 @@ def build_summary(
     files: Mapping[str, str | None],
     server_error: str | None = None,
     cut_at_stop: int = 0,
+    t0_unix: float | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` object (schema :data:`SCHEMA`; documented in ``docs/loadtest.md``)."""
     figures = run_figures(records, server)
@@ -466,6 +467,7 @@ def build_summary(
         "mode": mode,
         "finished": finished,
         "duration_s": duration_s,
+        "t0_unix": t0_unix,
         "settings": dict(settings),
         "requests": {
             "total": len(records),

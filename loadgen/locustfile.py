@@ -150,6 +150,7 @@ class LoadTestRun:
     records: list[RequestRecord] = field(default_factory=list)
     plan: list[Payload] = field(default_factory=list)  # open loop: the payload of each arrival
     t0: float = 0.0
+    t0_unix: float = 0.0  # the same instant on the wall clock (to line records up with server logs)
     started_at: float = 0.0
     metrics_before: dict[MetricKey, float] | None = None
     scrape_error: str | None = None
@@ -290,6 +291,7 @@ class LoadTestRun:
         self._next = itertools.count()
         self.metrics_before = self._scrape()
         self.started_at = self.t0 = time.monotonic()
+        self.t0_unix = time.time()
         if self.trace is None:
             self.records = []
         else:
@@ -346,6 +348,7 @@ class LoadTestRun:
         """
         pool = Pool(size=self.options.max_in_flight)
         self.t0 = time.monotonic()
+        self.t0_unix = time.time()
         try:
             for record, payload in zip(self.records, self.plan, strict=True):
                 assert record.scheduled_s is not None
@@ -395,6 +398,7 @@ class LoadTestRun:
             },
             server_error=self.scrape_error,
             cut_at_stop=cut,
+            t0_unix=self.t0_unix,
         )
         if summary["lag"] and summary["lag"]["warning"]:
             logger.warning("%s", summary["lag"]["warning"])
