@@ -1,7 +1,7 @@
 """``greenserve trace|profile|sweep|simulate …``: the load generator's sub-command group.
 
-The top-level command (:mod:`service.cli`) hands these arguments here whole, so that ``serve``
-imports none of this. Each command lives in :mod:`loadgen.commands` with a ``register(subparsers)``
+The front door (:mod:`greenserve.cli`) hands these arguments here whole (:func:`run`), so that
+``serve`` imports none of this. Each command lives in :mod:`loadgen.commands` with a ``register(subparsers)``
 function; a :class:`~loadgen.errors.LoadgenError` becomes one line on stderr and exit code 2.
 """
 
@@ -48,3 +48,12 @@ def main(command: str, argv: Sequence[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return code
+
+
+def run(command: str, argv: Sequence[str]) -> int:
+    """The front door's entry: ``greenserve <command> <argv…>``."""
+    if command == "loadtest":
+        from loadgen.loadtest import main as loadtest_main
+
+        return loadtest_main(list(argv))
+    return main(command, argv)

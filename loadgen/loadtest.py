@@ -781,7 +781,7 @@ def run_closed(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m loadgen.loadtest",
+        prog="greenserve loadtest",
         description=(
             "Load test a running greenserve with Locust (headless). Default: an open-loop trace of "
             "16 req/s ± 20 %% for 30 s. Results (summary.json, requests.csv, Locust's CSVs) go to --out."

@@ -1,6 +1,7 @@
-"""The ``greenserve`` command. Each package owns its sub-commands; this module owns ``serve`` and
-``train-default``. ``serve``'s flags are generated from :class:`service.config.Settings`, so every
-setting is a flag and an environment variable (``GREENSERVE_<NAME>``) with one source of truth.
+"""The server's own commands, ``serve`` and ``train-default`` (the front door, :mod:`greenserve.cli`,
+hands them here; ``python -m service.cli serve`` works as well). ``serve``'s flags are generated
+from :class:`service.config.Settings`, so every setting is a flag and an environment variable
+(``GREENSERVE_<NAME>``) with one source of truth. Nothing here imports the lab.
 """
 
 from __future__ import annotations
@@ -85,7 +86,13 @@ def _train_default(args: argparse.Namespace) -> int:
     from service import digits
 
     out = Path(args.out) if args.out else digits.default_checkpoint_path()
-    result = digits.train(out, epochs=args.epochs, seed=args.seed)
+    try:
+        result = digits.train(out, epochs=args.epochs, seed=args.seed)
+    except ModuleNotFoundError as exc:  # the digits data ship with scikit-learn: the train extra
+        print(
+            f"greenserve train-default: needs {exc.name!r}: pip install 'greenserve[train]'", file=sys.stderr
+        )
+        return 2
     print(
         f"saved {out} ({out.stat().st_size / 1024:.0f} KiB): train accuracy {result['train_accuracy']:.4f}, "
         f"held-out accuracy {result['test_accuracy']:.4f}"
@@ -94,15 +101,16 @@ def _train_default(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="greenserve", description="Energy-aware image-classification serving."
-    )
+    parser = argparse.ArgumentParser(prog="greenserve", description="The greenserve server's commands.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="Start the HTTP server.", description="Start the HTTP server.")
+    serve = commands.add_parser(
+        "serve", prog="greenserve serve", help="Start the HTTP server.", description="Start the HTTP server."
+    )
     add_settings_flags(serve)
     serve.set_defaults(handler=_serve)
     train = commands.add_parser(
         "train-default",
+        prog="greenserve train-default",
         help="Re-create the embedded digits model checkpoint.",
         description="Train the embedded digits CNN on scikit-learn's digits (held-out split untouched).",
     )
@@ -110,39 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=60)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train_default)
-    # Each package owns its sub-command group (DESIGN.md). ``greenserve train …`` is handed to
-    # trainer.cli whole (see main), so that serve does not import optuna, scipy and matplotlib:
-    # listed here only for the top-level help.
-    commands.add_parser("train", help="Training-side energy experiments: greenserve train --help.")
-    commands.add_parser(  # handed to trainer.zoo_cli whole, like train
-        "zoo",
-        help="Model-zoo study: energy per image vs accuracy, 2012-2022 networks: greenserve zoo --help.",
-    )
-    # The load generator's commands are handed to loadgen.cli the same way.
-    from loadgen.cli import COMMANDS as LOADGEN_COMMANDS
-
-    for name, help_text in LOADGEN_COMMANDS.items():
-        commands.add_parser(name, help=f"{help_text} (greenserve {name} --help)")
     return parser
 
 
+def run(command: str, argv: Sequence[str]) -> int:
+    """``greenserve <command> <argv…>`` for the server's commands (the front door's entry)."""
+    return main([command, *argv])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        from trainer.cli import main as train_main
-
-        return train_main(argv[1:])
-    if argv[:1] == ["zoo"]:
-        from trainer.zoo_cli import main as zoo_main
-
-        return zoo_main(argv[1:])
-    from loadgen.cli import COMMANDS as LOADGEN_COMMANDS
-
-    if argv[:1] and argv[0] in LOADGEN_COMMANDS:
-        from loadgen.cli import main as loadgen_main
-
-        return loadgen_main(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     code: int = args.handler(args)
     return code
 

@@ -157,3 +157,8 @@ def add_commands(train: argparse.ArgumentParser) -> None:
         raise TrainerError(f"{csv_path} is neither an ablation nor an HPO results table")
 
     report.set_defaults(handler=lambda args: _run(do_report, args))
+
+
+def run(command: str, argv: Sequence[str]) -> int:
+    """The front door's entry: ``greenserve train <argv…>``."""
+    return main(argv)

@@ -150,3 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["build_parser", "main"]
+
+
+def run(command: str, argv: Sequence[str]) -> int:
+    """The front door's entry: ``greenserve zoo <argv…>``."""
+    return main(argv)

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -64,10 +65,6 @@ def load_yaml(path: Path) -> Any:
 
 
 def pyproject() -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # the project allows 3.10, whose standard library has no TOML parser
-        tomllib = pytest.importorskip("tomli")
     data: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
     return data
 

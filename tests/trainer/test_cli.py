@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service import cli
+from greenserve import cli
 
 
 def test_train_help_lists_the_studies(capsys: pytest.CaptureFixture[str]) -> None:

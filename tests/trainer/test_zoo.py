@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import energy.profile
-from service import cli
+from greenserve import cli
 from trainer.errors import TrainerError
 from trainer.zoo import (
     DEFAULT_BATCH_SIZES,
