@@ -7,7 +7,14 @@ counted once. See ``docs/energy.md``.
 """
 
 from energy.accounting import CpuSpread, EnergyAccountant, OverlapLedger, StageEnergy
-from energy.base import MODEL_SOURCES, SOURCES, EnergyError, EnergyMeter, EnergySourceUnavailable
+from energy.base import (
+    MODEL_SOURCES,
+    SOURCES,
+    EnergyError,
+    EnergyMeter,
+    EnergySettingError,
+    EnergySourceUnavailable,
+)
 from energy.detect import (
     SOURCE_CHOICES,
     SyntheticSettings,
@@ -32,6 +39,7 @@ __all__ = [
     "EnergyError",
     "EnergyMeter",
     "EnergySampler",
+    "EnergySettingError",
     "EnergySourceUnavailable",
     "EstimateMeter",
     "NvmlMeter",

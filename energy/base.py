@@ -19,7 +19,14 @@ MODEL_SOURCES: frozenset[str] = frozenset({"estimate", "synthetic"})
 
 
 class EnergyError(Exception):
-    """Root of every error raised by the energy package."""
+    """Root of every error raised by the energy package: a meter that cannot be read or started
+    (:class:`EnergySourceUnavailable`), a bad setting (:class:`EnergySettingError`), a profile that
+    cannot be measured (:class:`energy.profile.BatchProfileError`)."""
+
+
+class EnergySettingError(EnergyError, ValueError):
+    """A setting out of range or malformed (a period, a power, a device string, a source name); a
+    ``ValueError`` too, as these were before the package had one root."""
 
 
 class EnergySourceUnavailable(EnergyError):  # noqa: N818 -- public name fixed by the service's contract

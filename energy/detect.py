@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from energy.accounting import EnergyAccountant
-from energy.base import SOURCES, EnergyMeter, EnergySourceUnavailable
+from energy.base import SOURCES, EnergyMeter, EnergySettingError, EnergySourceUnavailable
 from energy.cpuclock import machine_busy_cpu_s, process_cpu_s
 from energy.estimate import EstimateMeter, validate_watts_per_core
 from energy.nvml import NvmlMeter
@@ -49,12 +49,14 @@ def create_meter(
     ``"auto"`` tries, best first: ``nvml`` (only for a ``cuda`` device), ``rapl``, then ``estimate``,
     which always starts; each skipped source is logged at WARNING with the reason. An explicit source
     that cannot start raises :class:`EnergySourceUnavailable`. ``synthetic`` (a known-truth test
-    source, energy.synthetic) is used only when named. Raises ValueError for an unknown source name
-    or a ``watts_per_core`` that is not > 0 (checked even when the estimate is not used, so that bad
-    configuration fails at start-up rather than on the day the fallback kicks in).
+    source, energy.synthetic) is used only when named. Raises EnergySettingError (a ValueError) for
+    an unknown source name or a ``watts_per_core`` that is not > 0 (checked even when the estimate is
+    not used, so that bad configuration fails at start-up rather than on the day the fallback kicks in).
     """
     if source not in SOURCE_CHOICES:
-        raise ValueError(f"unknown energy source {source!r}; valid: {', '.join(map(repr, SOURCE_CHOICES))}")
+        raise EnergySettingError(
+            f"unknown energy source {source!r}; valid: {', '.join(map(repr, SOURCE_CHOICES))}"
+        )
     if watts_per_core is not None:
         validate_watts_per_core(watts_per_core)
     if synthetic is not None:

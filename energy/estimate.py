@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from energy.base import EnergyMeter
+from energy.base import EnergyMeter, EnergySettingError
 from energy.identity import process_device_id
 
 logger = logging.getLogger(__name__)
@@ -31,9 +31,10 @@ DEFAULT_WATTS_PER_CORE = 10.0
 
 
 def validate_watts_per_core(watts_per_core: float) -> float:
-    """Return ``watts_per_core`` if it is a finite number > 0; raise ValueError naming it otherwise."""
+    """Return ``watts_per_core`` if it is a finite number > 0; raise EnergySettingError (a ValueError)
+    naming it otherwise."""
     if not (math.isfinite(watts_per_core) and watts_per_core > 0):
-        raise ValueError(f"watts_per_core must be a finite number > 0, got {watts_per_core!r}")
+        raise EnergySettingError(f"watts_per_core must be a finite number > 0, got {watts_per_core!r}")
     return float(watts_per_core)
 
 

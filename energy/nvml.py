@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from energy.base import EnergyError, EnergyMeter, EnergySourceUnavailable
+from energy.base import EnergyError, EnergyMeter, EnergySettingError, EnergySourceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +33,11 @@ _CUDA_DEVICE = re.compile(r"^cuda(?::(\d+))?$")
 def cuda_index(device: str) -> int:
     """Index of a torch-style CUDA device string: ``"cuda"`` → 0, ``"cuda:1"`` → 1.
 
-    Raises ValueError for anything else (``"cpu"``, ``"cuda:x"``).
+    Raises EnergySettingError (a ValueError) for anything else (``"cpu"``, ``"cuda:x"``).
     """
     match = _CUDA_DEVICE.match(device.strip())
     if match is None:
-        raise ValueError(f"not a CUDA device string: {device!r} (expected 'cuda' or 'cuda:N')")
+        raise EnergySettingError(f"not a CUDA device string: {device!r} (expected 'cuda' or 'cuda:N')")
     return int(match.group(1) or 0)
 
 

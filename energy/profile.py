@@ -9,7 +9,7 @@ CPU-side work done in the calling thread (decoding) and prices its CPU time with
 is never charged to it. It imports neither torch nor anything of greenserve's packages, so the load
 generator's model profile (``loadgen.profile``, a served model through the server's own loader) and
 the trainer's studies (plain torch modules) measure the same way. Bad arguments are a
-:class:`BatchProfileError` (a ``ValueError``).
+:class:`BatchProfileError` (an :class:`~energy.EnergyError` and a ``ValueError``).
 
 Every figure carries its source and whether it includes the devices' idle (static) draw;
 :func:`source_idle_included` and :func:`energy_label` turn a source into the words tables and plots
@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from energy.base import EnergySettingError
+
 if TYPE_CHECKING:
     from energy.accounting import EnergyAccountant
     from energy.sampler import EnergySampler
@@ -46,8 +48,9 @@ DEFAULT_MIN_TIME_S = 1.0
 _OOM_MARKERS = ("out of memory", "can't allocate memory")
 
 
-class BatchProfileError(ValueError):
-    """Arguments a profile cannot be measured with (no batch sizes, a negative count, …)."""
+class BatchProfileError(EnergySettingError):
+    """Arguments a profile cannot be measured with (no batch sizes, a negative count, …); an
+    :class:`~energy.EnergyError` and a ``ValueError``."""
 
 
 # --- labels: which source, and whether idle draw is in the figure ---------------------------------

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import NamedTuple
 
-from energy.base import EnergyMeter
+from energy.base import EnergyMeter, EnergySettingError
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ class EnergySampler:
         idle_power_w: dict[str, float] | None = None,
     ) -> None:
         if period_s is not None and not period_s > 0:
-            raise ValueError(f"period_s must be > 0, got {period_s!r}")
+            raise EnergySettingError(f"period_s must be > 0, got {period_s!r}")
         if not history_s > (period_s or DEFAULT_PERIOD_S) * 4:
-            raise ValueError(f"history_s must be > 4 sampling periods, got {history_s!r}")
+            raise EnergySettingError(f"history_s must be > 4 sampling periods, got {history_s!r}")
         self.meter = meter
         self.source = meter.source
         self.history_s = history_s
@@ -313,10 +313,10 @@ class EnergySampler:
         up to ``timeout_s`` until the curve has a point at or after ``t1`` (reading the meter itself
         when the background thread is not running), so that the answer is an interpolation, not an
         extrapolation. ``t0`` older than the history is clamped to the oldest point. Raises
-        ValueError if ``t1 < t0``.
+        EnergySettingError (a ValueError) if ``t1 < t0``.
         """
         if t1 < t0:
-            raise ValueError(f"t1 ({t1!r}) is earlier than t0 ({t0!r})")
+            raise EnergySettingError(f"t1 ({t1!r}) is earlier than t0 ({t0!r})")
         if settle:
             self.wait_settled(t1, timeout_s)
         with self._lock:

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from energy.base import EnergyError, EnergyMeter
+from energy.base import EnergyError, EnergyMeter, EnergySettingError
 from energy.identity import process_device_id
 
 logger = logging.getLogger(__name__)
@@ -36,13 +36,16 @@ DEFAULT_READ_MS = 4.0
 
 
 def validate_synthetic(idle_w: float, counter_period_ms: float, read_ms: float) -> None:
-    """Raise ValueError naming the first setting that is not a finite number in its range."""
+    """Raise EnergySettingError (a ValueError) naming the first setting that is not a finite number in
+    its range."""
     if not (math.isfinite(idle_w) and idle_w >= 0):
-        raise ValueError(f"synthetic idle power must be a finite number >= 0 W, got {idle_w!r}")
+        raise EnergySettingError(f"synthetic idle power must be a finite number >= 0 W, got {idle_w!r}")
     if not (math.isfinite(counter_period_ms) and 0 < counter_period_ms <= 10_000):
-        raise ValueError(f"synthetic counter period must be in (0, 10000] ms, got {counter_period_ms!r}")
+        raise EnergySettingError(
+            f"synthetic counter period must be in (0, 10000] ms, got {counter_period_ms!r}"
+        )
     if not (math.isfinite(read_ms) and 0 <= read_ms <= 1_000):
-        raise ValueError(f"synthetic read time must be in [0, 1000] ms, got {read_ms!r}")
+        raise EnergySettingError(f"synthetic read time must be in [0, 1000] ms, got {read_ms!r}")
 
 
 class SyntheticMeter(EnergyMeter):
@@ -68,7 +71,7 @@ class SyntheticMeter(EnergyMeter):
     ) -> None:
         validate_synthetic(idle_w, counter_period_ms, read_ms)
         if not (math.isfinite(watts_per_core) and watts_per_core > 0):
-            raise ValueError(f"watts_per_core must be a finite number > 0, got {watts_per_core!r}")
+            raise EnergySettingError(f"watts_per_core must be a finite number > 0, got {watts_per_core!r}")
         self.watts_per_core = float(watts_per_core)
         self.idle_w = float(idle_w)
         self.counter_period_s = counter_period_ms / 1000
