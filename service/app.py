@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import torch
@@ -29,6 +28,7 @@ from service.imaging import DecodeLimits
 from service.inference import InferenceEngine, ItemResult
 from service.metrics import Metrics
 from service.model import Classifier, load_classifier
+from service.pipeline import Pipeline
 from service.recording import ArrivalRecorder, ArrivalRecordingMiddleware, recording_lifespan
 from service.state import Phase, ServerState
 from service.tasks import create_logged_task
@@ -59,10 +59,7 @@ def _build_state(settings: Settings, classifier: Classifier | None) -> ServerSta
         raise ConfigurationError(str(exc)) from exc
     metrics = Metrics(settings.max_batch_size)
     metrics.attach_energy(accountant)
-    metrics.model_info.labels(
-        model=classifier.name, device=classifier.device, weights=classifier.weights
-    ).set(1)
-    metrics.set_batching_config(settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
+    metrics.set_model_info(classifier.name, classifier.device, classifier.weights)
     engine = InferenceEngine(classifier, accountant, workers=settings.max_concurrent_batches)
     batcher: Batcher[torch.Tensor, ItemResult] = Batcher(
         engine.run_batch,
@@ -82,17 +79,14 @@ def _build_state(settings: Settings, classifier: Classifier | None) -> ServerSta
             ", ".join(meter.devices),
             f" — {meter.source.upper()}, a model, not a measurement" if meter.is_model else "",
         )
-    return ServerState(
-        settings=settings,
-        metrics=metrics,
-        limits=DecodeLimits(settings.max_body_bytes, settings.max_image_pixels),
-        decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode"),
-        accountant=accountant,
-        serving=CpuSpread(),  # replaced in the lifespan: its clock is the event loop thread's
-        engine=engine,
-        batcher=batcher,
-        started_at=time.time(),
+    pipeline = Pipeline(
+        engine,
+        batcher,
+        accountant,
+        DecodeLimits(settings.max_body_bytes, settings.max_image_pixels),
+        decode_workers=settings.decode_workers,
     )
+    return ServerState(settings=settings, metrics=metrics, pipeline=pipeline, started_at=time.time())
 
 
 async def _warm_up(state: ServerState) -> None:
@@ -136,7 +130,7 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
         except ConfigurationError as exc:
             logger.error("cannot start: %s", exc)
             raise
-        state.serving = CpuSpread()  # here, in the event loop's thread, whose CPU clock it reads
+        state.pipeline.serving = CpuSpread()  # here, in the event loop's thread, whose CPU clock it reads
         app.state.server = state
         for sampler in state.accountant.samplers:
             sampler.start()
@@ -153,7 +147,7 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
             # Every connection is closed by now (or uvicorn gave up on it): the tally is complete.
             logger.info("shutdown: while draining, %s", state.drain.summary())
             state.engine.close()
-            state.decode_pool.shutdown(wait=False, cancel_futures=True)
+            state.pipeline.close()
             close_accountant(state.accountant)
 
     # --record-trace: the recorder opens before the lifespan and closes after its drain, and its

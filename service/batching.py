@@ -27,7 +27,8 @@ Semantics (each one is tested in ``tests/service/test_batching.py``):
   has its item removed from the queue; items of cancelled callers never reach ``handle_batch``.
 * **Failures.** An exception from ``handle_batch`` is delivered to every caller of that batch and
   only to them; a result list of the wrong length is a :class:`BatchResultLengthError` for each.
-* **Runtime settings.** :meth:`reconfigure` changes size, wait and queue bound while serving.
+* **Runtime settings.** :meth:`reconfigure` changes size, wait and queue bound while serving; the
+  observer hears the settings in force at construction and after every change.
 * **Drain.** :meth:`close` stops accepting (:class:`DrainingError`, HTTP 503: new reservations and
   submits without one), answers everything already accepted (batches are cut without waiting once
   draining; items reserved before the drain may still be submitted, and are waited for), and after
@@ -151,8 +152,10 @@ class Admission:
 
 
 class BatcherObserver(Protocol):
-    """Hooks for metrics; the batcher calls them from the event loop. All have no-op defaults."""
+    """Hooks for metrics; the batcher calls them from the event loop (``on_config`` also from its
+    constructor). :class:`NullObserver` has a no-op for each."""
 
+    def on_config(self, config: BatchingConfig) -> None: ...
     def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None: ...
     def on_batch_end(self, batch_size: int, duration_s: float, ok: bool) -> None: ...
     def on_reject(self, reason: str) -> None: ...
@@ -160,6 +163,9 @@ class BatcherObserver(Protocol):
 
 
 class NullObserver:
+    def on_config(self, config: BatchingConfig) -> None:
+        pass
+
     def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None:
         pass
 
@@ -227,6 +233,7 @@ class Batcher(Generic[T, R]):
         self._drain_accepted = 0  # items accepted after the drain began (reserved before it)
         self._drain_failed = 0  # items the drain failed with DrainingError
         self._ewma_batch_s: float | None = None
+        self._observer.on_config(self._config)
 
     # --- public API --------------------------------------------------------------------------
 
@@ -288,6 +295,7 @@ class Batcher(Generic[T, R]):
             self._config.max_wait_ms,
             self._config.max_queue,
         )
+        self._observer.on_config(self._config)
         self._wakeup.set()  # a smaller batch size or wait may complete the batch being formed
         return self._config
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 
 class GreenserveError(Exception):
-    """Root of every error the service reports to a client."""
+    """Root of every error the service raises: each knows the HTTP status and code it is answered with
+    (:mod:`service.api.errors` is the one place that turns them into responses)."""
 
     status_code: int = 500
     code: str = "internal_error"
@@ -76,6 +77,17 @@ class MethodNotAllowedError(GreenserveError):
     code = "method_not_allowed"
 
 
+class ClientClosedRequestError(GreenserveError):
+    """The client went away before its answer was ready; its item left the queue uncomputed. The
+    status (nginx's 499) is never seen by that client: it is what the access log and metrics count."""
+
+    status_code = 499
+    code = "client_closed_request"
+
+    def __init__(self, message: str = "client disconnected") -> None:
+        super().__init__(message)
+
+
 # --- Load shedding and lifecycle ---------------------------------------------------------------
 
 
@@ -130,5 +142,10 @@ class BatchResultLengthError(ModelError):
     code = "batch_result_length"
 
 
-class ConfigurationError(Exception):
-    """Bad settings detected at start-up (not a client error; the server refuses to start)."""
+# --- Start-up ----------------------------------------------------------------------------------
+
+
+class ConfigurationError(GreenserveError):
+    """Bad settings detected at start-up: the server refuses to start (never a client's answer)."""
+
+    code = "configuration_error"

@@ -3,9 +3,9 @@
 This is the glue between the generic :class:`~service.batching.Batcher` and a
 :class:`~service.model.Classifier`: ``run_batch`` executes one batch in the model's worker thread
 inside :meth:`energy.EnergyAccountant.batch_work`, which stamps the batch's start and end and its
-threads' CPU time (no meter is read here), and gives each request an equal share of the batch's
-model energy (docs/energy.md, the attribution model). A request's decode and serving parts are
-added by the route.
+threads' CPU time (no meter is read here). Each item carries the whole batch's model energy; a
+request's share of it, with its decode and serving parts, is composed in one place
+(:func:`service.request_energy.compose`, docs/energy.md, the attribution model).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ WARM_UP_BARRIER_S = 60.0
 
 @dataclass(frozen=True)
 class ItemResult:
-    """One item's share of a batch: top classes, the batch's compute time, and its share of the
-    batch's model energy."""
+    """One item of a batch: its top classes, and the batch's compute time and model energy (the
+    whole batch's, shared among its items by :func:`service.request_energy.compose`)."""
 
     indices: list[int]
     scores: list[float]
     compute_s: float
-    energy: StageEnergy
+    batch_energy: StageEnergy
 
 
 class InferenceEngine:
@@ -129,8 +129,7 @@ class InferenceEngine:
             scores, indices = probs.topk(self._top, dim=1)
             rows = list(zip(indices.tolist(), scores.tolist(), strict=True))
             compute_s = time.monotonic() - t0
-        share = measured[0].split(len(batch))
-        return [ItemResult(idx, sc, compute_s, share) for idx, sc in rows]
+        return [ItemResult(idx, sc, compute_s, measured[0]) for idx, sc in rows]
 
     async def run_batch(self, batch: list[torch.Tensor]) -> list[ItemResult]:
         """The batcher's batch function: compute in the worker thread; failures become ModelError."""

@@ -1,19 +1,35 @@
-"""Prometheus metrics: the names and labels are a contract (DESIGN.md); dashboards rely on them.
+"""Prometheus metrics: the names and labels are a contract (README's metrics table); dashboards
+rely on them.
 
-Each app gets its own :class:`~prometheus_client.CollectorRegistry`, so several apps (tests) can
-live in one process. Device energy and power are read from the sampler at scrape time by a custom
-collector rather than copied into gauges on a timer: a scrape always sees the latest reading.
+:class:`Metrics` is the one writer: nothing else touches a metric, and each event is recorded by
+one call from one place (a finished ``/classify`` response from the access middleware, a response
+during the drain from :meth:`service.state.ServerState.observe_response`, batching events and
+settings from the batcher as its observer, the model's identity at start-up). Each app gets its own
+:class:`~prometheus_client.CollectorRegistry`, so several apps (tests) can live in one process; it
+also carries prometheus-client's process and platform collectors. Device energy and power are read
+from the sampler at scrape time by a custom collector rather than copied into gauges on a timer: a
+scrape always sees the latest reading.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import torch
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from energy import EnergyAccountant
+from greenserve import __version__
+from service.batching import BatchingConfig
 from service.request_energy import STAGES, RequestEnergy
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -85,45 +101,58 @@ class _EnergyCollector(Collector):
 
 
 class Metrics:
-    """All of the server's metrics, and the batcher's observer."""
+    """All of the server's metrics, their one writer, and the batcher's observer."""
 
     def __init__(self, max_batch_size: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        # The process's CPU, memory and file descriptors (process_*), and Python's version
+        # (python_info), on this registry: the default registry's are not scraped here.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        build_info = Gauge(
+            "greenserve_build_info",
+            "The software serving (value 1): greenserve's version, torch's, and the CUDA torch was built "
+            "with ('none' for a CPU-only build).",
+            ["version", "torch", "cuda"],
+            registry=r,
+        )
+        cuda = torch.version.cuda or "none"
+        build_info.labels(version=__version__, torch=torch.__version__, cuda=cuda).set(1)
+        self._requests = Counter(
             "greenserve_requests", "Classification requests by HTTP status.", ["status"], registry=r
         )
-        self.request_duration = Histogram(
+        self._request_duration = Histogram(
             "greenserve_request_duration_seconds",
             "Time from a classification request's arrival to its response (Units: s).",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.queue_wait = Histogram(
+        self._queue_wait = Histogram(
             "greenserve_queue_wait_seconds",
             "Time a request waited in the batch queue (Units: s).",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.batch_size = Histogram(
+        self._batch_size = Histogram(
             "greenserve_batch_size",
             "Requests per computed batch.",
             buckets=batch_size_buckets(max_batch_size),
             registry=r,
         )
-        self.batch_duration = Histogram(
+        self._batch_duration = Histogram(
             "greenserve_batch_duration_seconds",
             "Compute time of a batch (Units: s).",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.queue_depth = Gauge("greenserve_queue_depth", "Requests waiting in the queue.", registry=r)
-        self.rejected = Counter(
+        self._queue_depth = Gauge("greenserve_queue_depth", "Requests waiting in the queue.", registry=r)
+        self._rejected = Counter(
             "greenserve_rejected", "Requests refused without compute, by reason.", ["reason"], registry=r
         )
         for reason in ("queue_full", "deadline", "draining"):
-            self.rejected.labels(reason=reason)
-        self.drain_responses = Counter(
+            self._rejected.labels(reason=reason)
+        self._drain_responses = Counter(
             "greenserve_drain_responses",
             "Responses finished after the drain began (requests in flight at the signal and those "
             "arriving on open connections), by HTTP status and whether the response was written "
@@ -131,14 +160,14 @@ class Metrics:
             ["status", "written"],
             registry=r,
         )
-        self.batch_energy = Counter(
+        self._batch_energy = Counter(
             "greenserve_batch_energy_joules",
             "Energy attributed to requests answered 200, all parts (model share, decode, serving), "
             "by meter source: ÷ requests answered 200 = attributed J/request (Units: J).",
             ["source"],
             registry=r,
         )
-        self.request_energy = Histogram(
+        self._request_energy = Histogram(
             "greenserve_request_energy_joules",
             "Energy of each request answered 200 (energy_j: model share + decode + serving), by its "
             "energy_source (Units: J).",
@@ -146,10 +175,14 @@ class Metrics:
             buckets=ENERGY_BUCKETS_J,
             registry=r,
         )
-        self.batching_config = Gauge(
-            "greenserve_batching_config", "Batching settings in force.", ["param"], registry=r
+        self._batching_config = Gauge(
+            "greenserve_batching_config",
+            "Batching settings in force, by param: max_batch_size, max_queue, max_wait_seconds (Units: s) "
+            "and max_wait_ms, the same wait in ms (the old name, kept for dashboards that use it).",
+            ["param"],
+            registry=r,
         )
-        self.model_info = Gauge(
+        self._model_info = Gauge(
             "greenserve_model_info",
             "The model being served (value 1).",
             ["model", "device", "weights"],
@@ -159,34 +192,50 @@ class Metrics:
     def attach_energy(self, accountant: EnergyAccountant) -> None:
         self.registry.register(_EnergyCollector(accountant))
         for source in accountant.sources:
-            self.batch_energy.labels(source=source)
+            self._batch_energy.labels(source=source)
 
-    def set_batching_config(self, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
-        self.batching_config.labels(param="max_batch_size").set(max_batch_size)
-        self.batching_config.labels(param="max_wait_ms").set(max_wait_ms)
-        self.batching_config.labels(param="max_queue").set(max_queue)
+    def set_model_info(self, model: str, device: str, weights: str) -> None:
+        """The model being served (at start-up)."""
+        self._model_info.labels(model=model, device=device, weights=weights).set(1)
 
-    def observe_request_energy(self, energy: RequestEnergy, source: str) -> None:
-        """A request answered 200: its energy, unless unknown (then the read errors say why)."""
+    def observe_classify(
+        self, status: int, duration_s: float, energy: RequestEnergy | None, energy_source: str
+    ) -> None:
+        """A ``/classify`` response finished (whatever its status): counted, timed, and for an
+        answered request (``energy`` given) its energy, unless unknown (the read errors say why)."""
+        self._requests.labels(status=str(status)).inc()
+        self._request_duration.observe(duration_s)
+        if energy is None:
+            return
         joules = energy.joules
         if joules is None:
             return
         for part_source, part_j in energy.by_source().items():
-            self.batch_energy.labels(source=part_source).inc(part_j)
-        self.request_energy.labels(source=source).observe(joules)
+            self._batch_energy.labels(source=part_source).inc(part_j)
+        self._request_energy.labels(source=energy_source).observe(joules)
+
+    def observe_drain_response(self, status: int, written: bool) -> None:
+        """A response finished once the drain began (``written``: whether its connection took it)."""
+        self._drain_responses.labels(status=str(status), written=str(written).lower()).inc()
 
     # --- BatcherObserver ---------------------------------------------------------------------
 
+    def on_config(self, config: BatchingConfig) -> None:
+        self._batching_config.labels(param="max_batch_size").set(config.max_batch_size)
+        self._batching_config.labels(param="max_wait_seconds").set(config.max_wait_ms / 1000)
+        self._batching_config.labels(param="max_wait_ms").set(config.max_wait_ms)
+        self._batching_config.labels(param="max_queue").set(config.max_queue)
+
     def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None:
-        self.batch_size.observe(batch_size)
+        self._batch_size.observe(batch_size)
         for wait in queue_waits_s:
-            self.queue_wait.observe(wait)
+            self._queue_wait.observe(wait)
 
     def on_batch_end(self, batch_size: int, duration_s: float, ok: bool) -> None:
-        self.batch_duration.observe(duration_s)
+        self._batch_duration.observe(duration_s)
 
     def on_reject(self, reason: str) -> None:
-        self.rejected.labels(reason=reason).inc()
+        self._rejected.labels(reason=reason).inc()
 
     def on_queue_depth(self, depth: int) -> None:
-        self.queue_depth.set(depth)
+        self._queue_depth.set(depth)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +15,7 @@ from service.config import Settings
 from service.imaging import DecodeLimits
 from service.inference import InferenceEngine, ItemResult
 from service.metrics import Metrics
+from service.pipeline import Pipeline
 
 
 class Phase(enum.Enum):
@@ -53,18 +53,34 @@ class DrainTally:
 class ServerState:
     settings: Settings
     metrics: Metrics
-    limits: DecodeLimits
-    decode_pool: ThreadPoolExecutor
-    accountant: EnergyAccountant
-    serving: CpuSpread  # the event loop's CPU time per request it finished
-    engine: InferenceEngine
-    batcher: Batcher[torch.Tensor, ItemResult]
+    pipeline: Pipeline
     phase: Phase = Phase.STARTING
     failure: str | None = None
     started_at: float = field(default=0.0)
     #: ``time.monotonic()`` by which the drain must be over; set once, when draining begins.
     drain_deadline: float | None = None
     drain: DrainTally = field(default_factory=DrainTally)
+
+    @property
+    def engine(self) -> InferenceEngine:
+        return self.pipeline.engine
+
+    @property
+    def batcher(self) -> Batcher[torch.Tensor, ItemResult]:
+        return self.pipeline.batcher
+
+    @property
+    def accountant(self) -> EnergyAccountant:
+        return self.pipeline.accountant
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return self.pipeline.limits
+
+    @property
+    def serving(self) -> CpuSpread:
+        """The event loop's CPU time per request it began (every route's requests count)."""
+        return self.pipeline.serving
 
     @property
     def meter(self) -> EnergyMeter:
@@ -82,7 +98,7 @@ class ServerState:
         """A response finished (written to its connection or not); counted while draining."""
         if self.phase is Phase.DRAINING:
             self.drain.add(status, written)
-            self.metrics.drain_responses.labels(status=str(status), written=str(written).lower()).inc()
+            self.metrics.observe_drain_response(status, written)
 
     def drain_remaining_s(self) -> float:
         """Seconds left until the drain deadline, at least 0 (all of ``drain_timeout_s`` before

@@ -2,7 +2,9 @@
 
 A pure ASGI middleware (not ``BaseHTTPMiddleware``, which adds a task and a copy per request):
 it gives each request an id (the client's ``X-Request-ID`` when it is sane), echoes it in the
-response, counts ``/classify`` requests by final status, and writes one JSON log line. It sees
+response, records each finished ``/classify`` request in the metrics (its final status, duration
+and, when answered, the energy the route left in :data:`CLASSIFICATION`), and writes one JSON log
+line. It sees
 every response, so it is also where the drain shows: once the server is draining each response
 says ``Connection: close`` and is counted by status and by whether it could be written (the
 connection tells it when the client was gone: :mod:`service.connections`); the log line then
@@ -21,11 +23,14 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.connections import CONNECTION_LOST
+from service.pipeline import Classification
 from service.state import Phase
 
 access_logger = logging.getLogger("greenserve.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CLASSIFY_PATH = "/classify"
+#: The request state's key for the route's :class:`service.pipeline.Classification` (answered).
+CLASSIFICATION = "classification"
 
 
 class AccessLogMiddleware:
@@ -75,8 +80,13 @@ class AccessLogMiddleware:
             if server is not None:
                 server.observe_response(status, written)
                 if path == CLASSIFY_PATH:
-                    server.metrics.requests.labels(status=str(status)).inc()
-                    server.metrics.request_duration.observe(duration_s)
+                    answered: Classification | None = state.get(CLASSIFICATION)
+                    server.metrics.observe_classify(
+                        status,
+                        duration_s,
+                        answered.energy if answered is not None else None,
+                        answered.energy_source if answered is not None else "",
+                    )
             if self.enabled and access_logger.isEnabledFor(logging.INFO):
                 record = {
                     "request_id": request_id,

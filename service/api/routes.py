@@ -1,33 +1,35 @@
-"""HTTP routes (the contract in DESIGN.md). Thin: read, decode, submit and await, answer."""
+"""HTTP routes (the contract: README's API table). Thin: read the body, then the request path
+(:class:`service.pipeline.Pipeline`: decode, submit and await, compose), answer."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import time
+from collections.abc import Coroutine
 from typing import Annotated, Any
 
-import torch
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from energy import EnergyAccountant, StageEnergy
 from service.api.deps import AdminDep, StateDep
 from service.api.errors import error_response
+from service.api.middleware import CLASSIFICATION
 from service.errors import (
     BadImageError,
+    ClientClosedRequestError,
     DrainingError,
     InvalidParameterError,
     NotReadyError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from service.imaging import check_media_type, decode_image
+from service.imaging import SUPPORTED_MEDIA_TYPES, check_media_type
 from service.inference import MAX_TOP_K
-from service.request_energy import RequestEnergy
+from service.pipeline import Classification
 from service.state import Phase, ServerState
 
 router = APIRouter()
@@ -83,8 +85,46 @@ class BatchingUpdate(BaseModel):
     max_queue: int | None = None
 
 
-def _gpu_idle_included(accountant: EnergyAccountant) -> bool:
-    return accountant.accelerator is not None and accountant.accelerator.meter.idle_included
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable: bad_image, queue_full, draining, …")
+    message: str
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error's body (service.api.errors)."""
+
+    error: ErrorDetail
+
+
+def _errors(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses (``e422="bad parameter"``), each with the error body."""
+    return {int(key[1:]): {"model": ErrorResponse, "description": text} for key, text in described.items()}
+
+
+#: A route that needs the server state answers 503 until the app has started.
+_STARTING = _errors(e503="not ready")
+
+_BINARY = {"type": "string", "format": "binary"}
+#: ``POST /classify`` reads its body itself (so that a full queue refuses it unread and its size is
+#: checked while it streams); this declares what it reads: a multipart form with a ``file``, or
+#: the image itself with its own media type.
+CLASSIFY_BODY: dict[str, Any] = {
+    "required": True,
+    "description": (
+        "The image: a multipart/form-data field named 'file', or the raw body with its image/* content type."
+    ),
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {**_BINARY, "description": "The image file."}},
+                "required": ["file"],
+            }
+        },
+        **{media_type: {"schema": _BINARY} for media_type in sorted(SUPPORTED_MEDIA_TYPES)},
+    },
+}
 
 
 def _check_serving(state: ServerState) -> None:
@@ -109,11 +149,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _image_bytes(request: Request, state: ServerState) -> bytes:
+async def _image_bytes(request: Request, limit: int) -> bytes:
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
-        body = await _read_body(request, state.limits.max_body_bytes)
+        body = await _read_body(request, limit)
 
         async def replay() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
@@ -131,7 +171,7 @@ async def _image_bytes(request: Request, state: ServerState) -> bytes:
             await form.close()
     if media_type.startswith("image/"):
         check_media_type(media_type)
-        return await _read_body(request, state.limits.max_body_bytes)
+        return await _read_body(request, limit)
     raise UnsupportedMediaTypeError(
         f"content type {media_type or '(none)'!r} is not supported: send multipart/form-data with a "
         "'file' field, or the image itself with its image/* content type"
@@ -142,6 +182,24 @@ async def _wait_for_disconnect(request: Request) -> None:
     """Returns when the client goes away (or the response is complete)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Classification]) -> Classification:
+    """``work``'s result, or :class:`ClientClosedRequestError` when the client goes away first (the
+    work is cancelled: its item leaves the queue, never computed). The body must have been read."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()  # this handler was cancelled: its item goes too
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientClosedRequestError()
+    return task.result()
 
 
 def _deadline(state: ServerState, arrival: float, timeout_ms: float | None) -> float:
@@ -158,16 +216,17 @@ def _deadline(state: ServerState, arrival: float, timeout_ms: float | None) -> f
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
-    responses={
-        400: {"description": "undecodable image"},
-        413: {"description": "body or pixel count too large"},
-        415: {"description": "unsupported media type"},
-        422: {"description": "bad parameter"},
-        429: {"description": "queue full (Retry-After)"},
-        503: {"description": "not ready or draining"},
-        504: {"description": "deadline passed before compute"},
-        500: {"description": "model failure"},
-    },
+    responses=_errors(
+        e400="undecodable image",
+        e413="body or pixel count too large",
+        e415="unsupported media type",
+        e422="bad parameter",
+        e429="queue full (Retry-After)",
+        e503="not ready or draining",
+        e504="deadline passed before compute",
+        e500="model failure",
+    ),
+    openapi_extra={"requestBody": CLASSIFY_BODY},
 )
 async def classify(
     request: Request,
@@ -181,73 +240,40 @@ async def classify(
     arrival = time.monotonic()
     _check_serving(state)
     deadline = _deadline(state, arrival, x_request_timeout_ms)
-    classifier = state.engine.classifier
-    loop = asyncio.get_running_loop()
-
-    accountant = state.accountant
-
-    def decode() -> tuple[torch.Tensor, StageEnergy]:
-        # The decode thread's CPU time (since its previous decode: the pool's handling included),
-        # priced at the CPU meter's J per CPU-second.
-        with accountant.thread_work("decode", dedicated=True) as measured:
-            tensor = classifier.preprocess(decode_image(data, state.limits, draft_size=classifier.draft_size))
-        return tensor, measured[0]
-
+    pipeline = state.pipeline
     # Admission before any work: a full queue (queued requests plus those being read and decoded)
     # is a 429 before the body is read or decoded, which also bounds the decode pool's backlog.
     # Leaving the block gives the place back unless submit used it: no leak on any error or 499.
-    with state.batcher.reserve() as admission:
-        data = await _image_bytes(request, state)
-        tensor, decoded = await loop.run_in_executor(state.decode_pool, decode)
-        submitted = asyncio.ensure_future(
-            state.batcher.submit(tensor, deadline=deadline, admission=admission)
+    with pipeline.reserve() as admission:
+        data = await _image_bytes(request, state.limits.max_body_bytes)
+        answer = await _unless_disconnected(
+            request, pipeline.classify(data, top_k=top_k, deadline=deadline, admission=admission)
         )
-        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-        try:
-            await asyncio.wait({submitted, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            submitted.cancel()  # this handler was cancelled: its item goes too
-            raise
-        finally:
-            watcher.cancel()
-    if not submitted.done():
-        # The client went away: drop its item from the queue (the batcher never computes it).
-        submitted.cancel()
-        return error_response(request, 499, "client_closed_request", "client disconnected")
-    outcome = submitted.result()
-    item = outcome.value
-    labels = classifier.labels
-    request_id = str(request.scope["state"]["request_id"])
-    k = min(top_k, len(item.indices))
-    # The event loop's CPU time per request it began over the last second (this request's share of
-    # parsing, routing, batching and answering), priced like the decode.
-    serving = accountant.cpu_work("serving", state.serving.per_event_cpu_s())
-    energy = RequestEnergy((item.energy, decoded, serving), idle_included=_gpu_idle_included(accountant))
+    scope_state = request.scope["state"]
+    scope_state[CLASSIFICATION] = answer  # the access middleware records it in the metrics
+    energy = answer.energy
     energy_j = energy.joules
-    energy_source = energy.source(accountant.sources)
-    state.metrics.observe_request_energy(energy, energy_source)
-    request.scope["state"]["log_extra"] = {
-        "batch_size": outcome.batch_size,
+    scope_state["log_extra"] = {
+        "batch_size": answer.batch_size,
         "energy_j": energy_j,
-        "energy_source": energy_source,
+        "energy_source": answer.energy_source,
     }
     # A plain dict in a JSONResponse: FastAPI would otherwise validate the response model again on
     # the hot path; ClassifyResponse stays the documented schema (response_model above).
     return JSONResponse(
         {
-            "model": classifier.name,
+            "model": answer.model,
             "predictions": [
-                {"index": i, "label": labels[i], "score": s}
-                for i, s in zip(item.indices[:k], item.scores[:k], strict=True)
+                {"index": p.index, "label": p.label, "score": p.score} for p in answer.predictions
             ],
-            "batch_size": outcome.batch_size,
-            "queue_ms": outcome.queue_wait_s * 1000,
-            "compute_ms": item.compute_s * 1000,
+            "batch_size": answer.batch_size,
+            "queue_ms": answer.queue_wait_s * 1000,
+            "compute_ms": answer.compute_s * 1000,
             "energy_j": energy_j,
             "energy_parts_j": energy.parts_j(),
-            "energy_source": energy_source,
+            "energy_source": answer.energy_source,
             "energy_idle_included": energy.idle_included,
-            "request_id": request_id,
+            "request_id": str(scope_state["request_id"]),
         }
     )
 
@@ -258,7 +284,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=_errors(e503="starting, failed, or draining"))
 async def readyz(request: Request) -> JSONResponse:
     """200 once the model is loaded and warmed; 503 while starting, after a failure, or draining."""
     state = getattr(request.app.state, "server", None)
@@ -270,12 +296,13 @@ async def readyz(request: Request) -> JSONResponse:
     return error_response(request, 503, code, message)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses=_STARTING)
 async def metrics(state: StateDep) -> Response:
+    """Prometheus text format (the metrics table in README)."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/model")
+@router.get("/v1/model", responses=_STARTING)
 async def model_info(state: StateDep) -> dict[str, Any]:
     classifier = state.engine.classifier
     return {
@@ -297,16 +324,20 @@ def _batching(state: ServerState) -> BatchingSettings:
     )
 
 
-@router.get("/v1/batching", response_model=BatchingSettings)
+@router.get("/v1/batching", response_model=BatchingSettings, responses=_STARTING)
 async def get_batching(state: StateDep) -> BatchingSettings:
     return _batching(state)
 
 
-@router.put("/v1/batching", response_model=BatchingSettings, dependencies=[AdminDep])
+@router.put(
+    "/v1/batching",
+    response_model=BatchingSettings,
+    dependencies=[AdminDep],
+    responses=_errors(e401="a bearer token is required", e422="invalid settings", e503="not ready"),
+)
 async def put_batching(update: BatchingUpdate, state: StateDep) -> BatchingSettings:
     """Change batching settings at runtime; invalid values change nothing (422)."""
-    config = state.batcher.reconfigure(
+    state.batcher.reconfigure(
         max_batch_size=update.max_batch_size, max_wait_ms=update.max_wait_ms, max_queue=update.max_queue
     )
-    state.metrics.set_batching_config(config.max_batch_size, config.max_wait_ms, config.max_queue)
     return _batching(state)

@@ -13,11 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 from prometheus_client import generate_latest
 
-from service import imaging
-from service.api import routes
+from greenserve import __version__
+from service import imaging, pipeline
 from service.api.middleware import AccessLogMiddleware
 from service.connections import CONNECTION_LOST
 from service.state import Phase
@@ -300,6 +301,12 @@ async def test_batching_settings_get_put_and_token() -> None:
         metrics = (await client.get("/metrics")).text
         assert 'greenserve_batching_config{param="max_batch_size"} 4.0' in metrics
         assert 'greenserve_batching_config{param="max_wait_ms"} 0.0' in metrics
+        assert 'greenserve_batching_config{param="max_wait_seconds"} 0.0' in metrics
+        ok = await client.put("/v1/batching", json={"max_wait_ms": 250}, headers=auth)
+        assert ok.json()["max_wait_ms"] == 250.0
+        metrics = (await client.get("/metrics")).text
+        assert 'greenserve_batching_config{param="max_wait_seconds"} 0.25' in metrics
+        assert 'greenserve_batching_config{param="max_wait_ms"} 250.0' in metrics
 
 
 async def test_model_info_health_and_unknown_route() -> None:
@@ -330,9 +337,20 @@ async def test_metrics_follow_the_contract() -> None:
         "greenserve_power_watts",
         "greenserve_batching_config",
         "greenserve_model_info",
+        "greenserve_build_info",
+        "process_cpu_seconds_total",  # prometheus-client's process collector, on the server's registry
+        "process_resident_memory_bytes",
+        "python_info",  # and its platform collector
     ]:
         assert re.search(rf"^{name}[{{ ]", text, re.MULTILINE), name
     assert 'greenserve_requests_total{status="200"} 3.0' in text
+    cuda = torch.version.cuda or "none"
+    build = f'greenserve_build_info{{cuda="{cuda}",torch="{torch.__version__}",version="{__version__}"}} 1.0'
+    assert build in text
+    # Batching settings in base units, and the wait in ms under its old name (dashboards use it).
+    assert 'greenserve_batching_config{param="max_wait_seconds"} 0.002' in text
+    assert 'greenserve_batching_config{param="max_wait_ms"} 2.0' in text
+    assert 'greenserve_batching_config{param="max_batch_size"} 32.0' in text
     assert 'greenserve_model_info{device="cpu",model="fake",weights="none"} 1.0' in text
     assert 'greenserve_request_energy_joules_count{source="estimate"} 3.0' in text
     # Only /classify counts as a request: the scrape above and /readyz polls do not.
@@ -366,7 +384,7 @@ async def test_failed_warm_up_keeps_the_server_unready_with_the_reason() -> None
 
 
 class CountingDecode:
-    """Stands in for routes.decode_image: counts calls; after :meth:`hold_next`, the next call
+    """Stands in for pipeline.decode_image: counts calls; after :meth:`hold_next`, the next call
     waits until ``release`` is set."""
 
     def __init__(self) -> None:
@@ -392,7 +410,7 @@ class CountingDecode:
 @pytest.fixture
 def counting_decode(monkeypatch: pytest.MonkeyPatch) -> CountingDecode:
     decode = CountingDecode()
-    monkeypatch.setattr(routes, "decode_image", decode)
+    monkeypatch.setattr(pipeline, "decode_image", decode)
     return decode
 
 

@@ -265,6 +265,26 @@ def test_config_validation_names_the_value() -> None:
         BatchingConfig(max_queue=0)
 
 
+class ConfigLog(NullObserver):
+    def __init__(self) -> None:
+        self.configs: list[BatchingConfig] = []
+
+    def on_config(self, config: BatchingConfig) -> None:
+        self.configs.append(config)
+
+
+async def test_the_observer_hears_the_settings_at_construction_and_after_each_change(
+    recorder: Recorder,
+) -> None:
+    log = ConfigLog()
+    batcher: Batcher[int, int] = Batcher(recorder, BatchingConfig(max_batch_size=8), observer=log)
+    assert log.configs == [BatchingConfig(max_batch_size=8)]
+    batcher.reconfigure(max_wait_ms=0)
+    with pytest.raises(InvalidParameterError):
+        batcher.reconfigure(max_queue=0)  # refused: changes nothing, nothing heard
+    assert log.configs == [BatchingConfig(max_batch_size=8), BatchingConfig(max_batch_size=8, max_wait_ms=0)]
+
+
 class CutSignal(NullObserver):
     """An observer whose ``cut`` event is set when the queue empties after a submit: a batch
     was just cut, and its ``handle_batch`` has not started yet."""

@@ -123,7 +123,8 @@ def test_factory_models(tmp_path: Path) -> None:
 
 
 def test_noop_classifier_and_engine_energy_split() -> None:
-    from energy import close_accountant, create_accountant
+    from energy import CpuSpread, StageEnergy, close_accountant, create_accountant
+    from service.request_energy import compose
 
     accountant = create_accountant("estimate")
     for _ in range(3):  # the curve needs two points before it prices CPU time
@@ -132,13 +133,22 @@ def test_noop_classifier_and_engine_energy_split() -> None:
     engine = InferenceEngine(NoopClassifier(), accountant)
     items = engine._compute([torch.zeros(1)] * 4)
     engine.close()
+    (((stage, source), batch_j),) = accountant.attributed_j().items()
+    # The one place a batch's energy is split among its requests (with their own decode and serving).
+    decode = StageEnergy("decode", {"estimate": 0.0})
+    shares = [
+        compose(
+            accountant, batch_model=i.batch_energy, batch_size=4, decode=decode, serving=CpuSpread()
+        ).parts[0]
+        for i in items
+    ]
     close_accountant(accountant)
     assert len(items) == 4
-    assert {tuple(i.energy.by_source) for i in items} == {("estimate",)}
-    (((stage, source), batch_j),) = accountant.attributed_j().items()
-    assert stage == "model" and source == "estimate"
-    assert sum(i.energy.joules or 0.0 for i in items) == pytest.approx(batch_j)
-    assert len({i.energy.joules for i in items}) == 1  # equal shares
+    assert [i.batch_energy.joules for i in items] == [pytest.approx(batch_j)] * 4  # the batch's, in each
+    assert stage == "model" and source == "estimate" and batch_j > 0
+    assert {tuple(s.by_source) for s in shares} == {("estimate",)}
+    assert sum(s.joules or 0.0 for s in shares) == pytest.approx(batch_j)
+    assert len({s.joules for s in shares}) == 1  # equal shares
     assert len(items[0].indices) == 10
 
 
