@@ -41,7 +41,7 @@ from PIL import Image
 
 from energy import MODEL_SOURCES
 from loadgen.metrics import metric, parse_metrics
-from loadgen.servers import greenserve_argv, running_server, server_env
+from studies.kit.server import greenserve_argv, running_server, server_env
 
 DEFAULT_SOURCES = ("synthetic", "estimate")
 WATTS_PER_CORE = 10.0

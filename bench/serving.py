@@ -43,8 +43,8 @@ from rich.table import Table
 
 from bench.client import LoadRun, drive, make_jpegs, make_snapshot, metric
 from bench.machine import delta, machine_busy_cpu_s, machine_info, wait_for_quiet
-from loadgen import servers
-from loadgen.servers import HOST, ServerError, running_server
+from studies.kit import server as servers
+from studies.kit.server import HOST, ServerError, running_server
 
 if TYPE_CHECKING:
     import torch

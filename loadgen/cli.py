@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from loadgen.errors import LoadgenError
+from studies.kit.errors import LabError
 
 #: Command name → module in loadgen.commands that registers it.
 COMMANDS = {
@@ -39,7 +39,7 @@ def main(command: str, argv: Sequence[str]) -> int:
     args = build_parser(command).parse_args(list(argv))
     try:
         code: int = args.handler(args)
-    except LoadgenError as exc:
+    except LabError as exc:  # LoadgenError, or the kit's own
         print(f"greenserve {command}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -4,9 +4,10 @@ message and exit code 2 by the CLI (never a traceback)."""
 from __future__ import annotations
 
 from energy.profile import BatchProfileError
+from studies.kit.errors import LabError
 
 
-class LoadgenError(ValueError):
+class LoadgenError(LabError):
     """Base class: bad input to a loadgen command (a trace, a grid, a profile, a setting)."""
 
 

@@ -261,7 +261,7 @@ def run_config(
 ) -> dict[str, Any]:
     """Serve ``config``, replay the trace against it, and return the row's run fields."""
     from loadgen.loadtest import run_trace
-    from loadgen.servers import greenserve_argv, running_server, server_env
+    from studies.kit.server import greenserve_argv, running_server, server_env
 
     run_dir = out_dir / "runs" / config.slug
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -37,13 +37,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from studies.kit.files import ResumableTable
 from trainer.data import Dataset, dataset_names, load_dataset
 from trainer.errors import TrainerError, check_energy_settings
 from trainer.models import build_model, model_names
 from trainer.report import (
     ABLATION_COLUMNS,
     RUNS_CSV,
-    ResumableTable,
     ablation_report,
     format_bool,
 )

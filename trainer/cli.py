@@ -7,87 +7,19 @@ are from its settings class): ``--conv-levels 1,4``, ``--quick``, ``--no-quick``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import types
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from studies.kit.errors import LabError
+from studies.kit.flags import DEFAULT_RESULTS, add_dataclass_flags, dataclass_from_args
 from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RESULTS = Path("results")
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
-
-
-def _tuple_of(kind: Any) -> Any:
-    convert = _parse_bool if kind is bool else kind
-
-    def parse(text: str) -> tuple[Any, ...]:
-        try:
-            return tuple(convert(part.strip()) for part in text.split(",") if part.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
-
-    return parse
-
-
-def _converter(annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _converter(args[0])
-    if origin is tuple:
-        return _tuple_of(args[0] if args else str)
-    if annotation is Path:
-        return Path
-    if annotation in (int, float, str):
-        return annotation
-    return str
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per field of the settings dataclass ``cls`` (defaults shown in --help)."""
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in skip:
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        default = field.default if field.default is not dataclasses.MISSING else None
-        if default is None and field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
-        help_text = f"(default: {shown})"
-        if hints[field.name] is bool:
-            parser.add_argument(
-                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        else:
-            parser.add_argument(
-                flag, dest=field.name, type=_converter(hints[field.name]), default=None, help=help_text
-            )
-
-
-def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build ``cls`` from the flags given; unspecified ones keep the dataclass defaults."""
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(cls)
-        if getattr(args, f.name, None) is not None
-    }
-    return cls(**given)
+__all__ = ["DEFAULT_RESULTS", "add_dataclass_flags", "dataclass_from_args", "main", "run"]
 
 
 def _run(handler: Any, args: argparse.Namespace) -> int:
@@ -95,7 +27,7 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
     try:
         for path in handler(args):
             print(path)
-    except TrainerError as exc:
+    except LabError as exc:  # TrainerError, or the kit's own (a table made another way)
         print(f"greenserve train {args.train_command}: {exc}", file=sys.stderr)
         return 2
     return 0

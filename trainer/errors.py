@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+from studies.kit.errors import LabError
 
-class TrainerError(ValueError):
+
+class TrainerError(LabError):
     """A user error in a training experiment's settings or data (the CLI prints it and exits 2)."""
 
 

@@ -1,7 +1,7 @@
 """Statistics, plots and markdown for the training studies, drawn from their CSV tables alone.
 
-The first half holds helpers any study can reuse: atomic writes, the Kruskal–Wallis test with its
-η² effect size, box plots. The second half is the layer ablation's report: it reads
+The helpers any study reuses (atomic writes, Kruskal–Wallis with η², box plots) are in
+:mod:`studies.kit`. This is the layer ablation's report: it reads
 ``ablation_runs.csv`` (written by :mod:`trainer.ablation`) and nothing else, so a finished or
 half-finished study can be redrawn at any time without re-running it (``greenserve train report``).
 
@@ -14,23 +14,16 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import logging
-import math
-import os
-import secrets
 import statistics
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from scipy import stats as scipy_stats
-
 from energy.profile import energy_label, source_idle_included
+from studies.kit.files import write_csv_atomic, write_json_atomic, write_text_atomic
+from studies.kit.plots import box_plot, new_figure, save_figure_atomic
+from studies.kit.stats import kruskal_eta_squared, mean_std
 from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
@@ -38,245 +31,6 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write ``path`` through a temporary file in the same directory, then rename it into place.
-
-    Readers see the old file or the new one, never a half-written one (a killed process leaves at
-    most a stray ``.<name>.*.tmp``, which is removed when the write itself fails).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open rather than tempfile.mkstemp: mkstemp makes the file 0600, and results are meant to be
-    # shared; 0o666 here is filtered by the umask like any file the user creates.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; return ``path``."""
-    data = text.encode("utf-8")
-
-    def write(f: io.BufferedWriter) -> None:
-        f.write(data)
-
-    return _write_atomic(path, write)
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON (NaN refused: absent values must be ``null``) atomically."""
-    return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
-def write_csv_atomic(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write ``rows`` (dicts keyed by ``columns``; None becomes an empty cell) as CSV atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
-    return write_text_atomic(path, buf.getvalue())
-
-
-def check_settings_file(
-    settings_json: Path, fingerprint: Mapping[str, Any], *, out_dir: Path, study: str
-) -> bool:
-    """Whether ``settings_json`` (a resumable study's settings) exists; a :class:`TrainerError` naming
-    every differing field when it holds other settings than ``fingerprint``, so that a study is
-    never resumed into a table made another way."""
-    if not settings_json.exists():
-        return False
-    try:
-        previous = json.loads(settings_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainerError(f"cannot read {settings_json}: {exc}") from None
-    if previous != fingerprint:
-        keys = sorted(set(previous) | set(fingerprint))
-        diff = [
-            f"{k}: {previous.get(k)!r} → {fingerprint.get(k)!r}"
-            for k in keys
-            if previous.get(k) != fingerprint.get(k)
-        ]
-        raise TrainerError(
-            f"{out_dir} holds a {study} with other settings ({'; '.join(diff)}); "
-            "use another --out, or rerun with the same settings to resume it"
-        )
-    return True
-
-
-@dataclass(frozen=True)
-class ResumableTable:
-    """A resumable study's CSV table as a previous run left it, read before anything is written.
-
-    The studies (ablation, zoo) append one row per finished unit, so a killed run leaves the
-    table's complete lines plus perhaps half a line: ``text`` holds the complete ones, and
-    :meth:`prepare` cuts the rest off before the study appends again.
-    """
-
-    path: Path
-    settings_json: Path
-    fingerprint: Mapping[str, Any]
-    text: str  # the complete lines ("" when the table does not exist)
-    complete_bytes: int  # their length in bytes
-    exists: bool
-    has_settings: bool
-
-    @classmethod
-    def open(
-        cls, out_dir: Path, table_name: str, settings_name: str, fingerprint: Mapping[str, Any], *, study: str
-    ) -> ResumableTable:
-        """Read ``out_dir``'s table; refuse one made with other settings, or without a settings file."""
-        if out_dir.exists() and not out_dir.is_dir():
-            raise TrainerError(f"output path {out_dir} exists and is not a directory")
-        path, settings_json = out_dir / table_name, out_dir / settings_name
-        has_settings = check_settings_file(settings_json, fingerprint, out_dir=out_dir, study=study)
-        if not path.exists():
-            return cls(path, settings_json, fingerprint, "", 0, False, has_settings)
-        if not has_settings:
-            raise TrainerError(
-                f"{path} exists without {settings_name}, so its settings are unknown; "
-                "use another --out rather than mixing studies"
-            )
-        raw = path.read_bytes()
-        complete = raw[: raw.rfind(b"\n") + 1]
-        return cls(path, settings_json, fingerprint, complete.decode("utf-8"), len(complete), True, True)
-
-    def prepare(self, *, sources: set[str], meter_source: str, rows: str) -> None:
-        """Before appending: refuse to mix energy sources in one table (``rows`` names what its rows
-        are, for the message), create the directory, write the settings file, and cut off a
-        half-written last line."""
-        if sources - {meter_source}:
-            raise TrainerError(
-                f"{self.path} holds {rows} measured by {', '.join(sorted(sources))}, but this machine now "
-                f"gives {meter_source!r}; refusing to mix energy sources in one table"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.has_settings:
-            write_json_atomic(self.settings_json, dict(self.fingerprint))
-        if self.exists and self.complete_bytes < self.path.stat().st_size:
-            logger.warning(
-                "dropping a half-written last line of %s (the study was killed mid-write)", self.path
-            )
-            os.truncate(self.path, self.complete_bytes)
-
-
-def save_figure_atomic(fig: Figure, path: Path, *, dpi: int = 120) -> Path:
-    """Render ``fig`` as PNG to ``path`` atomically; return ``path``."""
-    return _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-
-
-def new_figure(width_in: float, height_in: float, *, panels: int = 1) -> tuple[Figure, list[Axes]]:
-    """A figure with ``panels`` side-by-side axes, independent of pyplot's global state."""
-    fig = Figure(figsize=(width_in, height_in), layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    return fig, list(axes)
-
-
-def box_plot(
-    ax: Axes,
-    groups: Mapping[str, Sequence[float]],
-    *,
-    ylabel: str,
-    title: str = "",
-    rotate_labels: bool = False,
-) -> None:
-    """Box plot of each group on ``ax``, with every observation drawn over it.
-
-    Studies have few repeats per group (5 or so), so the points themselves are shown too: a box of
-    five values hides as much as it shows. The horizontal jitter is seeded, so redrawing the same
-    table gives the same picture.
-    """
-    labels = list(groups)
-    values = [list(map(float, groups[label])) for label in labels]
-    positions = list(range(1, len(labels) + 1))
-    ax.boxplot(values, positions=positions, widths=0.6, showfliers=False)
-    rng = np.random.default_rng(0)
-    for pos, vals in zip(positions, values, strict=True):
-        jitter = rng.uniform(-0.12, 0.12, size=len(vals))
-        ax.scatter(pos + jitter, vals, s=12, alpha=0.6, color="tab:blue", zorder=3)
-    ax.set_xticks(positions)
-    # set_xticklabels rather than boxplot(tick_labels=...): that keyword only exists from matplotlib 3.9.
-    ax.set_xticklabels(labels, rotation=45 if rotate_labels else 0, ha="right" if rotate_labels else "center")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-
-
-@dataclass(frozen=True)
-class KruskalResult:
-    """A Kruskal–Wallis H test with its η² effect size; the numbers are None when undefined.
-
-    ``reason`` says why they are undefined (one group, too few observations, all values identical),
-    or notes that a negative η² estimate was floored to 0.
-    """
-
-    n: int  # observations in all non-empty groups
-    k: int  # non-empty groups
-    h: float | None
-    p_value: float | None
-    eta_squared: float | None
-    reason: str | None = None
-
-
-def eta_squared_h(h: float, n: int, k: int) -> float:
-    """Kruskal–Wallis eta-squared: η²_H = (H − k + 1) / (n − k).
-
-    The share of the rank variance explained by the grouping (Tomczak & Tomczak 2014, "The need to
-    report effect size estimates revisited", Trends in Sport Sciences 21(1):19–25; the formula of
-    R's ``rstatix::kruskal_effsize``). Conventional reading: < 0.06 small, < 0.14 moderate, ≥ 0.14
-    large. It is a bias-corrected estimate, so it can come out slightly negative for a null effect.
-    Requires n > k.
-    """
-    if n <= k:
-        raise ValueError(f"η²_H needs more observations than groups, got n={n}, k={k}")
-    return (h - k + 1) / (n - k)
-
-
-def kruskal_eta_squared(groups: Sequence[Sequence[float]]) -> KruskalResult:
-    """Kruskal–Wallis H test (``scipy.stats.kruskal``) of ``groups`` and its η²_H effect size.
-
-    Empty groups are dropped. Degenerate inputs do not raise: with fewer than two groups, no more
-    observations than groups, non-finite values or all values identical (ranks all tied: H is 0/0),
-    the numbers are None and ``reason`` says why. A negative η² estimate is floored to 0, and the
-    floor is noted in ``reason``.
-    """
-    nonempty = [[float(v) for v in g] for g in groups if len(g) > 0]
-    k = len(nonempty)
-    n = sum(len(g) for g in nonempty)
-    if k < 2:
-        return KruskalResult(n, k, None, None, None, f"needs at least two groups with data, got {k}")
-    if n <= k:
-        return KruskalResult(n, k, None, None, None, f"needs more observations than groups (n={n}, k={k})")
-    flat = [v for g in nonempty for v in g]
-    if not all(math.isfinite(v) for v in flat):
-        return KruskalResult(n, k, None, None, None, "non-finite values")
-    if min(flat) == max(flat):
-        return KruskalResult(n, k, None, None, None, "all values are identical, so H is undefined (0/0)")
-    result = scipy_stats.kruskal(*nonempty)
-    h, p = float(result.statistic), float(result.pvalue)
-    eta = eta_squared_h(h, n, k)
-    if eta < 0:
-        return KruskalResult(n, k, h, p, 0.0, f"η² estimate {eta:.4f} < 0 (no effect) floored to 0")
-    return KruskalResult(n, k, h, p, eta)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (None where undefined: no values, or one for the std)."""
-    if not values:
-        return None, None
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _fmt(value: float | None, spec: str = ".3g", *, na: str = "n/a") -> str:
@@ -786,18 +540,8 @@ __all__ = [
     "ABLATION_COLUMNS",
     "ABLATION_FACTORS",
     "STUDY_REFERENCE",
-    "KruskalResult",
     "ablation_report",
     "ablation_stats",
-    "box_plot",
-    "eta_squared_h",
-    "kruskal_eta_squared",
-    "mean_std",
-    "new_figure",
     "read_ablation_runs",
     "render_ablation_summary",
-    "save_figure_atomic",
-    "write_csv_atomic",
-    "write_json_atomic",
-    "write_text_atomic",
 ]

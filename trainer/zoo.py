@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import energy
 from energy.profile import BatchProfileError, check_batch_sizes
+from studies.kit.files import ResumableTable, write_csv_atomic
 from trainer.errors import TrainerError, check_energy_settings
-from trainer.report import ResumableTable, write_csv_atomic
 from trainer.zoo_catalog import CATALOGUE, QUICK_MODELS, ZooModel, lookup
 from trainer.zoo_report import (
     DONE_STATUSES,

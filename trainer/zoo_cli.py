@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from studies.kit.errors import LabError
 from trainer.cli import DEFAULT_RESULTS, add_dataclass_flags, dataclass_from_args
 from trainer.errors import TrainerError
 
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.handler(args)
-    except TrainerError as exc:
+    except LabError as exc:  # TrainerError, or the kit's own (a table made another way)
         print(f"greenserve zoo {args.zoo_command}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

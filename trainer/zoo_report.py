@@ -36,14 +36,9 @@ import numpy as np
 from matplotlib.ticker import NullFormatter, NullLocator
 
 from energy.profile import idle_phrase
+from studies.kit.files import write_csv_atomic, write_json_atomic, write_text_atomic
+from studies.kit.plots import new_figure, save_figure_atomic
 from trainer.errors import TrainerError
-from trainer.report import (
-    new_figure,
-    save_figure_atomic,
-    write_csv_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
 from trainer.zoo_catalog import EXCEPTION_MODEL, STUDY_MODELS
 
 logger = logging.getLogger(__name__)

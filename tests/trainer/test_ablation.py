@@ -15,6 +15,8 @@ import torch
 from scipy import stats as scipy_stats
 
 import trainer.ablation as ablation
+from studies.kit.errors import LabError
+from studies.kit.stats import eta_squared_h, kruskal_eta_squared
 from tests.trainer.conftest import WrappingRapl
 from trainer.ablation import SETTINGS_JSON, AblationSettings, designs, run_ablation
 from trainer.errors import TrainerError
@@ -23,8 +25,6 @@ from trainer.report import (
     RUNS_CSV,
     ablation_report,
     ablation_stats,
-    eta_squared_h,
-    kruskal_eta_squared,
     render_ablation_summary,
 )
 
@@ -241,14 +241,14 @@ def test_resuming_with_other_settings_is_refused_before_anything_changes(tmp_pat
     settings = quick(conv_levels=(1,), linear_levels=(1,), activation_levels=(True,))
     run_ablation(settings, tmp_path, progress=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(TrainerError, match=r"other settings.*seed: 0 → 1"):
+    with pytest.raises(LabError, match=r"other settings.*seed: 0 → 1"):
         run_ablation(quick(conv_levels=(1,), linear_levels=(1,), activation_levels=(True,), seed=1), tmp_path)
-    with pytest.raises(TrainerError, match=r"other settings.*conv_levels"):
+    with pytest.raises(LabError, match=r"other settings.*conv_levels"):
         run_ablation(quick(conv_levels=(1, 2), linear_levels=(1,), activation_levels=(True,)), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
     (tmp_path / SETTINGS_JSON).unlink()
-    with pytest.raises(TrainerError, match=r"without ablation_settings\.json"):
+    with pytest.raises(LabError, match=r"without ablation_settings\.json"):
         run_ablation(settings, tmp_path, progress=False)
 
 

@@ -16,6 +16,7 @@ import torch
 
 import energy.profile
 from greenserve import cli
+from studies.kit.errors import LabError
 from trainer.errors import TrainerError
 from trainer.zoo import (
     DEFAULT_BATCH_SIZES,
@@ -251,7 +252,7 @@ def test_other_settings_are_refused_in_the_same_directory(tmp_path: Path) -> Non
     out = tmp_path / "zoo"
     run_zoo(quick(models=("squeezenet1_1",), batch_sizes=(1,)), out, progress=False)
     before = (out / MEASUREMENTS_CSV).read_text()
-    with pytest.raises(TrainerError, match="resolution: 64 → 32"):
+    with pytest.raises(LabError, match="resolution: 64 → 32"):
         run_zoo(quick(models=("squeezenet1_1",), resolution=32), out, progress=False)
     assert (out / MEASUREMENTS_CSV).read_text() == before
 

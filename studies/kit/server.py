@@ -17,7 +17,7 @@ import httpx
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"  # loopback only, always
 #: How long a server may take to load its model and warm up before the step fails.
 READY_TIMEOUT_S = 180.0
