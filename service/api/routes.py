@@ -79,7 +79,8 @@ class BatchingSettings(BaseModel):
 
 
 class BatchingUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON true is not a queue of 1, nor "4" a batch size (a number for a float is fine).
+    model_config = ConfigDict(extra="forbid", strict=True)
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
     max_queue: int | None = None
@@ -333,7 +334,9 @@ async def get_batching(state: StateDep) -> BatchingSettings:
     "/v1/batching",
     response_model=BatchingSettings,
     dependencies=[AdminDep],
-    responses=_errors(e401="a bearer token is required", e422="invalid settings", e503="not ready"),
+    responses=_errors(
+        e400="body is not JSON", e401="a bearer token is required", e422="invalid settings", e503="not ready"
+    ),
 )
 async def put_batching(update: BatchingUpdate, state: StateDep) -> BatchingSettings:
     """Change batching settings at runtime; invalid values change nothing (422)."""
