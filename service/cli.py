@@ -13,10 +13,11 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr, ValidationError
 
+from service import logs
 from service.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,12 +62,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: Literal["text", "json"] = "text") -> None:
+    logs.configure_logging(level, log_format)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -75,7 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"greenserve serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     from service.server import serve
 
     return serve(settings)

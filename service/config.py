@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         ),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description=(
+            "Log format on stderr: 'text', or 'json' (JSON Lines: one object per record with time, "
+            "level, logger, message and the request id where there is one)."
+        ),
+    )
     access_log: bool = Field(True, description="Log one structured line per request.")
     record_trace: Path | None = Field(
         None,

@@ -131,6 +131,9 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # JSON Lines: uvicorn's own records go to the root logger's handler (service.logs) instead
+        # of uvicorn's text handlers, so that every line on stderr is one JSON object.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,  # ours is structured and carries the request id
         # Replaced by what is left of the drain deadline when shutdown begins (GreenServer).
         timeout_graceful_shutdown=_uvicorn_timeout(

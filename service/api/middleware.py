@@ -13,7 +13,6 @@ carries ``"written": false``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -23,6 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.connections import CONNECTION_LOST
+from service.logs import REQUEST_ID, Structured
 from service.pipeline import Classification
 from service.state import Phase
 
@@ -54,6 +54,8 @@ class AccessLogMiddleware:
                 request_id = candidate if _SANE_ID.match(candidate) else ""
                 break
         request_id = request_id or uuid.uuid4().hex
+        # Every record logged while handling this request carries its id (JSON Lines logs).
+        request_id_token = REQUEST_ID.set(request_id)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -99,4 +101,6 @@ class AccessLogMiddleware:
                 if not written:
                     record["written"] = False
                 record.update(state.get("log_extra", {}))
-                access_logger.info(json.dumps(record, separators=(",", ":")))
+                summary = f"{scope['method']} {path} {status}"
+                access_logger.info(Structured(summary, record))
+            REQUEST_ID.reset(request_id_token)
