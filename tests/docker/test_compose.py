@@ -30,7 +30,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
+from greenserve import cli
 from tests.conftest import REPO
 
 DOCKER = REPO / "docker"
@@ -40,6 +42,10 @@ DOCKERFILE = DOCKER / "Dockerfile"
 DOCKERFILE_CUDA = DOCKER / "Dockerfile.cuda"
 DOCKERFILES = (DOCKERFILE, DOCKERFILE_CUDA)
 DOCKERIGNORE = REPO / ".dockerignore"
+# The venv every image runs, built in a build stage and copied into the image.
+VENV = "/opt/venv"
+# docker/Dockerfile's target for compose's load generator (the server's is the last stage, `runtime`).
+LOAD_STAGE = "load"
 
 SERVICES = {"greenserve", "prometheus", "grafana", "locust"}
 LONG_RUNNING = ("greenserve", "prometheus", "grafana")
@@ -311,20 +317,25 @@ def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
 def test_locust_runs_the_locustfile_against_greenserve(compose: dict[str, Any]) -> None:
     locust = services(compose)["locust"]
     greenserve = services(compose)["greenserve"]
-    assert locust["image"] == greenserve["image"], "the load generator runs from greenserve's image"
-    assert locust["build"] == greenserve["build"]
+    # Two targets of one Dockerfile: the server's image has the base install only, so the load generator has
+    # its own image, the `load` target, with the `load` extra.
+    assert greenserve["build"]["target"] == "runtime"
+    assert locust["build"] == {**greenserve["build"], "target": LOAD_STAGE}
+    assert locust["image"] != greenserve["image"], "the server's image has no Locust"
     command = command_text(locust)
     assert "locust -f loadgen/locustfile.py --headless" in command
     assert f"-H http://greenserve:{GREENSERVE_PORT}" in command
     assert (REPO / "loadgen" / "locustfile.py").is_file()
     # Its output goes to results/ under the image's working directory, a volume the runtime user can write.
-    assert any(mount.target == f"{final_workdir(DOCKERFILE)}/results" for mount in mounts(locust))
+    workdir = stage_workdir(stage_named(DOCKERFILE, LOAD_STAGE))
+    assert any(mount.target == f"{workdir}/results" for mount in mounts(locust))
 
 
 def test_gpu_override(compose: dict[str, Any], compose_gpu: dict[str, Any]) -> None:
     assert set(services(compose_gpu)) <= set(services(compose)), "the override adds no services"
     greenserve = services(compose_gpu)["greenserve"]
     assert greenserve["build"]["dockerfile"] == "docker/Dockerfile.cuda"
+    assert greenserve["build"]["target"] == "runtime"
     assert host_path(greenserve["build"]["context"]) == REPO
     assert environment(greenserve).get("GREENSERVE_DEVICE") == "cuda"
     devices = greenserve["deploy"]["resources"]["reservations"]["devices"]
@@ -499,9 +510,52 @@ def final_env(path: Path) -> dict[str, str]:
 
 
 def final_workdir(path: Path) -> str:
-    workdirs = of(final_stage(path), "WORKDIR")
-    assert workdirs, f"{path}: no WORKDIR in the final stage"
+    return stage_workdir(final_stage(path))
+
+
+def stage_workdir(stage: list[Instruction]) -> str:
+    workdirs = of(stage, "WORKDIR")
+    assert workdirs, f"no WORKDIR in the stage {stage_name(stage)!r}"
     return workdirs[-1].args
+
+
+def stage_name(stage: list[Instruction]) -> str | None:
+    _, words = without_flags(stage[0].args)
+    return words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+
+
+def stage_named(path: Path, name: str) -> list[Instruction]:
+    found = [stage for stage in stages(path) if stage_name(stage) == name]
+    assert len(found) == 1, f"{path.name}: no stage (or several) named {name!r}"
+    return found[0]
+
+
+def venv_stages(path: Path, stage: list[Instruction]) -> list[list[Instruction]]:
+    """The stages that build the venv ``stage`` runs: the one it copies /opt/venv from, and its parents."""
+    copies = [
+        flags
+        for flags, words in (without_flags(i.args) for i in of(stage, "COPY"))
+        if words[:1] == [VENV] and any(flag.startswith("--from=") for flag in flags)
+    ]
+    assert len(copies) == 1, f"{path.name}: stage {stage_name(stage)!r} does not copy {VENV} from one stage"
+    source = next(flag.removeprefix("--from=") for flag in copies[0] if flag.startswith("--from="))
+    chain = []
+    names = {stage_name(s) for s in stages(path)}
+    while source in names:
+        parent = stage_named(path, source)
+        chain.append(parent)
+        _, words = without_flags(parent[0].args)
+        source = words[0]
+    return chain
+
+
+def pip_installs(stage: list[Instruction]) -> list[str]:
+    """Each `pip install ...` command of a stage's RUNs, up to the next `&&`."""
+    return [
+        "pip install" + part.split("&&")[0]
+        for run in of(stage, "RUN")
+        for part in run.args.split("pip install")[1:]
+    ]
 
 
 def without_flags(args: str) -> tuple[list[str], list[str]]:
@@ -684,6 +738,84 @@ def test_cpu_image_takes_torch_from_the_cpu_index() -> None:
     assert re.search(r"^torchvision==", constraints, re.MULTILINE)
 
 
+# ---------------------------------------------------------------- Dockerfiles: what each image installs
+
+
+def project_packages() -> set[str]:
+    """The top-level packages `pip install .` installs: pyproject's find patterns over the repository."""
+    patterns = pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    return {
+        path.name
+        for path in REPO.iterdir()
+        if (path / "__init__.py").is_file() and any(fnmatch(path.name, pattern) for pattern in patterns)
+    }
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_package_of_the_project_is_copied(dockerfile: Path) -> None:
+    # `pip install .` installs what the build directory holds: a package left out of the COPYs is missing from
+    # the image without an error at build time (greenserve/, the console script's module, once was).
+    packages = project_packages()
+    assert {"greenserve", "service", "energy"} <= packages
+    copied = {PurePosixPath(source).parts[0] for source in copied_sources(dockerfile)}
+    assert packages <= copied, f"{dockerfile.name} does not copy {sorted(packages - copied)}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_serving_image_installs_the_base_only(dockerfile: Path) -> None:
+    # The server's image is the base install, project.dependencies and the project with no extra: the lab's
+    # dependencies (optuna, scipy, matplotlib, scikit-learn, Locust and gevent, ...) are not needed to serve
+    # (docs/deploy.md counts the distributions; tests/test_packaging.py checks the resolved set).
+    runtime = final_stage(dockerfile)
+    assert stage_name(runtime) == "runtime", "the server is the last stage: the default target"
+    chain = venv_stages(dockerfile, runtime)
+    installs = [command for stage in chain for command in pip_installs(stage)]
+    assert any(re.fullmatch(r"pip install -c constraints\.txt \.", c.strip()) for c in installs), installs
+    for command in installs:
+        assert "[" not in command, (
+            f"{dockerfile.name}: the server's venv installs an extra: {command.strip()!r}"
+        )
+    runs = " ".join(i.args for stage in chain for i in of(stage, "RUN"))
+    assert "['project']['dependencies']" in runs
+    assert "optional-dependencies" not in runs
+
+
+def test_load_image_adds_the_load_extra_to_the_servers_venv(compose: dict[str, Any]) -> None:
+    chain = venv_stages(DOCKERFILE, stage_named(DOCKERFILE, LOAD_STAGE))
+    installs = [command.strip() for command in pip_installs(chain[0])]
+    assert installs == ["pip install -c constraints.txt '.[load]'"]
+    # On top of the server's venv (the same torch from the CPU index, the same base), not a second build.
+    assert chain[1:] == venv_stages(DOCKERFILE, final_stage(DOCKERFILE))
+    # The load profile needs no other extra: its greenserve commands are the `load` extra's, and so is Locust.
+    command = command_text(services(compose)["locust"])
+    used = set(re.findall(r"\bgreenserve ([a-z][a-z-]*)", command))
+    assert used, command
+    for name in used:
+        assert cli.BY_NAME[name].extra in {None, "load"}, f"greenserve {name} needs {cli.BY_NAME[name].extra}"
+    assert re.search(r"(^|&&\s*)exec locust ", command), command
+    load_extra = pyproject()["project"]["optional-dependencies"]["load"]
+    assert any(re.match(r"locust\b", requirement) for requirement in load_extra)
+
+
+def image_python_version(dockerfile: Path) -> str:
+    """The Python an image's venv is made with: the official image's tag, or the one apt installs."""
+    image = base_images(dockerfile)[0]
+    if image.startswith("python:"):
+        match = re.match(r"python:(\d+\.\d+)", image)
+    else:
+        runs = " ".join(i.args for i in parse_dockerfile(dockerfile) if i.keyword == "RUN")
+        match = re.search(r"apt-get install [^&]*\bpython(\d+\.\d+)\b", runs)
+    assert match, f"{dockerfile.name}: which Python?"
+    return match[1]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_image_python_is_one_the_project_supports(dockerfile: Path) -> None:
+    requires_python = SpecifierSet(pyproject()["project"]["requires-python"])
+    version = image_python_version(dockerfile)
+    assert requires_python.contains(version), f"{dockerfile.name}: Python {version}, not {requires_python}"
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_default_model_is_loaded_at_build_time_as_the_runtime_user(dockerfile: Path) -> None:
     stage = final_stage(dockerfile)
@@ -704,14 +836,13 @@ def test_default_model_is_package_data() -> None:
     assert any(fnmatch("assets/digits_cnn.pt", pattern) for pattern in package_data["service"])
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_locustfile_is_reachable_from_the_working_directory(dockerfile: Path) -> None:
-    # compose's load profile runs `locust -f loadgen/locustfile.py` in the image's working directory.
-    stage = final_stage(dockerfile)
+def test_locustfile_is_reachable_from_the_working_directory() -> None:
+    # compose's load profile runs `locust -f loadgen/locustfile.py` in the load image's working directory.
+    stage = stage_named(DOCKERFILE, LOAD_STAGE)
     workdir_at = stage.index(of(stage, "WORKDIR")[-1])
     later_runs = " ".join(i.args for i in stage[workdir_at:] if i.keyword == "RUN")
     assert "test -f loadgen/locustfile.py" in later_runs
-    assert final_workdir(dockerfile) == final_workdir(DOCKERFILE)
+    assert final_workdir(DOCKERFILE_CUDA) == final_workdir(DOCKERFILE) == stage_workdir(stage)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
