@@ -11,6 +11,10 @@ ARGS    ?=
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
+# The development environment: the `dev` extra is the base install, every extra of the lab (`all`: load, train,
+# studies) and the test and lint tools, so `make run`, `make test` and every study work from one set-up. The extras
+# refer to each other (greenserve[all]), which pip resolves since 21.2: a fresh venv's pip (23.2 on 3.11) does,
+# and it is upgraded first anyway.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
