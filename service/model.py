@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 
+#: A held-out digit (a 7) shipped with the package, the embedded model's warm-up input.
+EXAMPLE_DIGIT = digits.default_checkpoint_path().with_name("example_digit.png")
+
 
 class Classifier(abc.ABC):
     """What the server needs of a model. ``predict`` is only ever called from one thread at a time
@@ -170,7 +173,10 @@ def _load_digits(settings: Settings, device: str) -> Classifier:
             raise ConfigurationError(f"cannot load digits_cnn weights from {weights}: {exc}") from exc
     if settings.labels_file is not None:
         labels = read_labels(settings.labels_file)
-    example = Image.fromarray(digits.to_png_pixels(digits.load_split().x_test[0]))
+    # A held-out digit shipped with the package (the same as docs/examples/digit.png): warm-up needs
+    # no scikit-learn, which only the train extra installs.
+    with Image.open(EXAMPLE_DIGIT) as image:
+        example = image.copy()
     return TorchClassifier(
         module,
         digits.preprocess,

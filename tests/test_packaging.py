@@ -195,12 +195,6 @@ def without_the_lab(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.server
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # server_process: "server exited with 1" (ModuleNotFoundError: sklearn)
-    reason="service/model.py warms digits_cnn up with scikit-learn's digits (digits.load_split()): the base "
-    "install cannot load the default model until the warm-up image needs no lab package",
-)
 def test_server_serves_the_default_model_without_the_lab(
     tmp_path: Path, without_the_lab: dict[str, str]
 ) -> None:
