@@ -1,8 +1,9 @@
 """What else the machine is doing: CPU time of processes and of the whole machine (Linux ``/proc``).
 
-The benchmark shares its cores with the server it measures and, on shared hosts, with strangers.
-These readings let every point say how busy the client, the server and everyone else were. Off
-Linux the functions return None and the figures are left out.
+A measurement shares its cores with the server it measures and, on shared hosts, with strangers.
+These readings let every point say how busy the client, the server and everyone else were (the
+serving benchmark's points, the energy-accounting benchmark's truth). Off Linux the functions
+return None and the figures are left out.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ disconnect watcher, energy accounting and the response model.
 
 Run it the way the benchmark does (a factory, so nothing happens at import)::
 
-    python -m uvicorn --factory bench.bare_app:create_app --host 127.0.0.1 --port 8001
+    python -m uvicorn --factory studies.serving.bare_app:create_app --host 127.0.0.1 --port 8001
 
 ``BENCH_BARE_DECODE_WORKERS`` sets the pool size (default: greenserve's ``decode_workers`` default).
 """

@@ -1,4 +1,4 @@
-"""The benchmark load client: a closed-loop HTTP/1.1 driver, and ``/metrics`` snapshots."""
+"""The serving benchmark's load client: a closed-loop HTTP/1.1 driver, and ``/metrics`` snapshots."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from bench.machine import machine_busy_cpu_s, process_cpu_s
-from loadgen.images import make_jpegs
-from loadgen.metrics import MetricKey, metric, parse_metrics
-
-__all__ = ["LoadRun", "Record", "Snapshot", "drive", "make_jpegs", "make_snapshot", "metric", "parse_metrics"]
+from loadgen.metrics import MetricKey, parse_metrics
+from studies.kit.machine import machine_busy_cpu_s, process_cpu_s
 
 JPEG_HEADERS = {"content-type": "image/jpeg"}
 

@@ -1,0 +1,174 @@
+"""The serving benchmark's report: the tables printed from a result file's content (as written to
+JSON), so that a run's report can be printed again without re-running (``--report FILE``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from studies.kit.errors import LabError
+
+
+def _fmt(value: float | None, spec: str = ".3g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _pair(left: float | None, right: float | None, spec: str = ".3g") -> str:
+    return f"{_fmt(left, spec)} | {_fmt(right, spec)}"
+
+
+def _styled(verdict: str | None, text: str, noisy: bool = False) -> str:
+    if verdict is None:
+        return text
+    colour = "green" if verdict == "PASS" else "red"
+    # "~": the target is within the measurement's noise, so this verdict is a coin toss.
+    return f"{text} [{colour}]{verdict}{'~' if noisy else ''}[/{colour}]"
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    """Print the figures of a report (as written to JSON): one table per model, then the overhead."""
+    summary = report["summary"]
+    machine = report["machine"]
+    console.print(
+        f"\nmachine: {machine['cpu_count']} CPUs ({machine['cpu_model']}), torch {machine['torch']}, "
+        f"{report['settings']['torch_threads']} torch threads; energy source: {report['energy_source']}"
+        + (
+            f" (process CPU time × {report['watts_per_core']:g} W per core: an ESTIMATE)"
+            if report["energy_source"] == "estimate" and report.get("watts_per_core")
+            else ""
+        )
+    )
+    settings = report["settings"]
+    console.print(
+        f"settings: max_wait_ms {settings['max_wait_ms']:g}, decode_workers "
+        f"{settings['decode_workers'] or 'default'}, in flight "
+        f"{settings['concurrency'] or '2 × max batch + 2'}, {settings['warmup_s']:g} s warm-up + "
+        f"{settings['duration_s']:g} s measured per point (offline: two halves around the served point)"
+    )
+    for model, entry in summary["models"].items():
+        target = entry["target"]
+        title = f"{model}: offline predict vs served over HTTP"
+        if target:
+            title += (
+                f"  (targets: served/offline ≥ {target['min_throughput_ratio']:.2f}, "
+                f"J ratio ≤ {target['max_energy_ratio']:.2f})"
+            )
+        else:
+            title += "  (no target: report only)"
+        table = Table(title=title, title_justify="left")
+        for header in (
+            "batch",
+            "offline img/s",
+            "offline J/img",
+            "offline drift",
+            "served req/s",
+            "served J/req (resp | metrics)",
+            "mean batch",
+            "p50 | p99 ms",
+            "errors",
+            "other cores (off | srv)",
+            "served/offline",
+            "J ratio",
+        ):
+            table.add_column(header, justify="right")
+        for row in entry["rows"]:
+            table.add_row(
+                str(row["batch_size"]),
+                _fmt(row["offline_images_per_s"], ".1f"),
+                _fmt(row["offline_j_per_image"]),
+                _fmt(row["offline_drift"], "+.0%"),
+                _fmt(row["served_requests_per_s"], ".1f"),
+                _pair(row["served_j_per_request"], row["served_j_per_request_metrics"]),
+                _fmt(row["served_mean_batch_size"], ".1f"),
+                _pair(row["served_latency_p50_ms"], row["served_latency_p99_ms"], ".0f"),
+                _fmt(row["served_errors"], "d"),
+                _pair(row["offline_other_cpu_cores"], row["served_other_cpu_cores"], ".2f"),
+                _styled(
+                    row["throughput_target"],
+                    _fmt(row["throughput_ratio"], ".2f"),
+                    row["throughput_within_noise"],
+                ),
+                _styled(row["energy_target"], _fmt(row["energy_ratio"], ".2f"), row["energy_within_noise"]),
+            )
+        console.print(table)
+        gain = entry["batching_gain"]
+        console.print(
+            f"  batching gain (batch {gain['to_batch_size']} ÷ batch {gain['from_batch_size']}): "
+            f"offline {_fmt(gain['offline'], '.2f')}×, served {_fmt(gain['served'], '.2f')}×"
+        )
+    overhead = summary["overhead"]
+    if overhead:
+        console.print(
+            f"\nno-op overhead (max batch {overhead['max_batch_size']}, "
+            f"{overhead['concurrency']} in flight): "
+            f"greenserve noop {overhead['greenserve_noop_requests_per_s']:.0f} req/s ÷ bare FastAPI "
+            f"{overhead['bare_fastapi_requests_per_s']:.0f} req/s "
+            f"(drift {_fmt(overhead['bare_fastapi_drift'], '+.0%')}) = "
+            + _styled(overhead["target"], f"{overhead['ratio']:.2f}", overhead["within_noise"])
+            + f" (target ≥ {overhead['min_ratio']:.2f})"
+        )
+    diagnostics = Table(title="\nwhere the time goes (served points)", title_justify="left")
+    diagnostics.add_column("model", no_wrap=True)
+    for header in (
+        "max batch",
+        "in flight",
+        "req/s",
+        "batch in flight",
+        "computing",
+        "batch ms",
+        "compute ms",
+        "queue ms",
+        "server ms",
+        "server CPU ms/req",
+        "client CPU ms/req",
+        "other cores",
+        "device J/req",
+    ):
+        diagnostics.add_column(header, justify="right")
+    for point in report["served"]:
+        diagnostics.add_row(
+            point["model"] if point["server"] == "greenserve" else f"bare FastAPI ({point['half'] or 1}/2)",
+            str(point["max_batch_size"]),
+            str(point["concurrency"]),
+            _fmt(point["requests_per_s"], ".1f"),
+            _fmt(point["model_busy_fraction"], ".0%"),
+            _fmt(point["compute_busy_fraction"], ".0%"),
+            _fmt(point["mean_batch_ms"], ".1f"),
+            _fmt(point["mean_compute_ms"], ".1f"),
+            _fmt(point["queue_wait_mean_ms"], ".1f"),
+            _fmt(point["server_latency_mean_ms"], ".1f"),
+            _fmt(point["server_cpu_ms_per_request"], ".2f"),
+            _fmt(point["client_cpu_ms_per_request"], ".2f"),
+            _fmt(point["other_cpu_cores"], ".2f"),
+            _fmt(point["device_energy_j_per_request"]),
+        )
+    console.print(diagnostics)
+    noisy = any(
+        row["throughput_within_noise"] or row["energy_within_noise"]
+        for entry in summary["models"].values()
+        for row in entry["rows"]
+    ) or bool(overhead and overhead["within_noise"])
+    if noisy:
+        console.print(
+            "PASS~ / FAIL~: the target lies within the drift of the offline (or bare) figures measured "
+            "before and after the point: that verdict is within this machine's noise."
+        )
+    if summary["errors_total"]:
+        console.print(
+            f"[red]{summary['errors_total']} requests failed: see 'errors' in the served points[/red]"
+        )
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A result file written by a run (``--out``), to print its report again."""
+    try:
+        document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabError(f"cannot read {path}: {exc}") from None
+    if not isinstance(document, dict) or document.get("benchmark") != "serving":
+        raise LabError(f"{path} is not a serving benchmark's result file")
+    return document

@@ -1,0 +1,147 @@
+"""The serving benchmark's pure parts: plan, summary, flags, the plan's announcement and the report from
+its file (the measurements themselves run in `make bench`)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from studies.kit.progress import format_duration
+from studies.serving.cli import build_parser, main, plan_line, settings_from_args
+from studies.serving.points import OfflinePoint, ServedPoint
+from studies.serving.run import RunResult, result_document, write_result
+from studies.serving.served import BARE_APP, bare_argv
+from studies.serving.settings import (
+    DEFAULT_MODELS,
+    QUICK_DURATION_S,
+    QUICK_MODELS,
+    QUICK_WARMUP_S,
+    BenchSettings,
+    default_torch_threads,
+    estimate_s,
+    plan,
+)
+from studies.serving.summary import summarize
+
+
+def offline(model: str, batch_size: int, half: int, images_per_s: float, j_per_image: float) -> OfflinePoint:
+    return OfflinePoint(
+        model=model, batch_size=batch_size, half=half, batches=10, images=10 * batch_size,
+        wall_s=10 * batch_size / images_per_s, images_per_s=images_per_s,
+        energy_j=j_per_image * 10 * batch_size, energy_j_per_image=j_per_image, energy_source="estimate",
+        cpu_cores=1.0, ms_per_batch=1000 * batch_size / images_per_s, other_cpu_cores=0.0,
+    )  # fmt: skip
+
+
+def served(
+    server: str, model: str, batch_size: int, rps: float, j: float | None, half: int = 0
+) -> ServedPoint:
+    return ServedPoint(
+        server=server, model=model, max_batch_size=batch_size, concurrency=2 * batch_size + 2, half=half,  # type: ignore[arg-type]
+        window_s=10.0, requests_ok=int(rps * 10), errors={}, requests_per_s=rps, latency_p50_ms=10.0,
+        latency_p99_ms=20.0, latency_mean_ms=11.0, client_cpu_ms_per_request=2.0,
+        server_cpu_ms_per_request=5.0, other_cpu_cores=0.0, energy_source="estimate" if j else None,
+        energy_j_per_request=j, energy_j_per_request_metrics=j, mean_batch_size=float(batch_size),
+    )  # fmt: skip
+
+
+OFFLINE = [
+    offline("resnet18", 1, 0, 10.0, 1.0), offline("resnet18", 1, 1, 10.0, 1.0),
+    offline("resnet18", 16, 0, 20.0, 0.5), offline("resnet18", 16, 1, 20.0, 0.5),
+]  # fmt: skip
+SERVED = [
+    served("greenserve", "resnet18", 1, 9.5, 1.05),  # 0.95 and 1.05: both targets met
+    served("greenserve", "resnet18", 16, 16.0, 0.6),  # 0.80 and 1.20: both missed
+    served("greenserve", "noop", 16, 80.0, 0.001),
+    served("bare", "bare", 16, 100.0, None, half=0),
+    served("bare", "bare", 16, 100.0, None, half=1),
+]
+
+
+def test_plan_covers_every_model_batch_size_and_the_overhead_pair() -> None:
+    settings = BenchSettings(models=("resnet18",), batch_sizes=(1, 4))
+    steps = plan(settings)
+    kinds = [(s.kind, s.model, s.batch_size) for s in steps]
+    for size in (1, 4):
+        assert ("served", "resnet18", size) in kinds
+        assert sum(1 for k in kinds if k == ("offline", "resnet18", size)) >= 1
+    assert any(kind == "bare" for kind, _, _ in kinds)
+
+
+def test_summary_ratios_gain_and_verdicts() -> None:
+    settings = BenchSettings(models=("resnet18",), batch_sizes=(1, 16))
+    summary = summarize(settings, OFFLINE, SERVED)
+    rows = {row["batch_size"]: row for row in summary["models"]["resnet18"]["rows"]}
+    assert rows[1]["throughput_ratio"] == 0.95 and rows[1]["throughput_target"] == "PASS"
+    assert abs(rows[1]["energy_ratio"] - 1.05) < 1e-9 and rows[1]["energy_target"] == "PASS"
+    assert rows[16]["throughput_ratio"] == 0.8 and rows[16]["throughput_target"] == "FAIL"
+    assert abs(rows[16]["energy_ratio"] - 1.2) < 1e-9 and rows[16]["energy_target"] == "FAIL"
+    gain = summary["models"]["resnet18"]["batching_gain"]
+    assert gain["offline"] == 2.0 and gain["served"] == 16.0 / 9.5
+    assert summary["overhead"]["ratio"] == 0.8
+
+
+# --- settings, flags, plan announcement, report from the file -------------------------------------
+
+
+def test_quick_sets_the_smoke_run_but_explicit_flags_win() -> None:
+    args = build_parser().parse_args(["--quick", "--batch-sizes", "2", "--threads", "3"])
+    settings = settings_from_args(args)
+    assert settings.quick and settings.models == QUICK_MODELS
+    assert settings.batch_sizes == (2,)  # given explicitly: --quick leaves it
+    assert (settings.duration_s, settings.warmup_s) == (QUICK_DURATION_S, QUICK_WARMUP_S)
+    assert settings.torch_threads == 3  # --threads: the old spelling of --torch-threads
+    plain = settings_from_args(build_parser().parse_args([]))
+    assert plain == BenchSettings() and plain.models == DEFAULT_MODELS
+    assert plain.torch_threads == default_torch_threads()
+
+
+def test_duration_alias_and_overhead_flag() -> None:
+    settings = settings_from_args(build_parser().parse_args(["--duration", "4", "--no-overhead"]))
+    assert settings.duration_s == 4.0 and not settings.overhead
+    assert all(step.kind != "bare" for step in plan(settings))
+
+
+@pytest.mark.parametrize(
+    "argv", [["--duration-s", "0"], ["--warmup-s", "-1"], ["--batch-sizes", "0,4"], ["--models", ""]]
+)
+def test_bad_settings_are_one_line_and_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m studies.serving: ") and "\n" not in err
+
+
+def test_plan_line_says_how_many_points_and_how_long() -> None:
+    settings = BenchSettings(models=("resnet18",), batch_sizes=(1, 4), duration_s=10.0, warmup_s=2.0)
+    line = plan_line(settings)
+    points = len(plan(settings))
+    assert line.startswith(
+        f"greenserve serving benchmark: {points} points (models resnet18; batch sizes 1, 4;"
+    )
+    assert line.endswith(f"about {format_duration(estimate_s(plan(settings), settings))} to go")
+    assert "--quick" in line
+
+
+def test_report_is_printed_again_from_the_result_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = BenchSettings(models=("resnet18",), batch_sizes=(1, 16))
+    result = RunResult(offline=list(OFFLINE), served=list(SERVED), offline_energy_source="estimate")
+    document = result_document(settings, result, started_at="2024-01-01T00:00:00+0000", elapsed_s=60.0)
+    path = write_result(document, tmp_path / "bench-serving.json")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(document))
+    assert main(["--report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18: offline predict vs served over HTTP" in out and "no-op overhead" in out
+    (tmp_path / "other.json").write_text('{"benchmark": "zoo"}')
+    assert main(["--report", str(tmp_path / "other.json")]) == 2
+
+
+def test_the_bare_app_factory_is_where_the_benchmark_points_uvicorn() -> None:
+    module, _, factory = BARE_APP.partition(":")
+    assert bare_argv(8001)[bare_argv(8001).index("--factory") + 1] == BARE_APP
+    app = getattr(importlib.import_module(module), factory)(decode_workers=1)
+    assert any(getattr(route, "path", None) == "/classify" for route in app.routes)
