@@ -46,9 +46,10 @@ from pathlib import Path
 import numpy as np
 
 from loadgen.errors import LoadgenError
-from loadgen.loadtest import SUMMARY_NAME, LoadtestSummary
-from loadgen.profile import ModelProfile
+from loadgen.loadtest.settings import SUMMARY_NAME
+from loadgen.loadtest.summary import LoadtestSummary
 from loadgen.simulate import SimConfig
+from studies.profile.format import ModelProfile
 
 #: Response-overhead samples kept (a uniform thinning of the measured ones): enough for a p99.
 MAX_SAMPLES = 2000

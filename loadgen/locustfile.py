@@ -52,10 +52,14 @@ from locust.event import EventHook
 from locust.exception import StopUser
 from locust.runners import LocalRunner
 
-from loadgen import loadtest
 from loadgen.errors import LoadgenError
 from loadgen.images import ImageSourceError, Payload, default_sample_for, load_payloads
-from loadgen.loadtest import NOT_SENT, UNFINISHED, RequestRecord, Stage
+from loadgen.loadtest.records import NOT_SENT, UNFINISHED, RequestRecord, write_request_log
+from loadgen.loadtest.report import format_report
+from loadgen.loadtest.server_delta import server_delta
+from loadgen.loadtest.settings import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LAG_THRESHOLD_MS
+from loadgen.loadtest.stages import STAGE_MODES, Stage, parse_stages, stage_target
+from loadgen.loadtest.summary import build_summary, write_summary
 from loadgen.metrics import MetricKey, parse_metrics
 from loadgen.trace import Trace, read_trace
 
@@ -88,7 +92,7 @@ def _add_arguments(parser: LocustArgumentParser) -> None:
         help='Closed loop: users per stage, DURATION:USERS[@RATE], e.g. "10s:5,20s:20,10s:5".',
     )
     group.add_argument(
-        "--stage-mode", choices=loadtest.STAGE_MODES, default="step", help="step or ramp (default step)."
+        "--stage-mode", choices=STAGE_MODES, default="step", help="step or ramp (default step)."
     )
     group.add_argument(
         "--think-ms", type=float, default=0.0, help="Closed loop: pause after each answer (default 0)."
@@ -108,16 +112,16 @@ def _add_arguments(parser: LocustArgumentParser) -> None:
     group.add_argument(
         "--drain-timeout-s",
         type=float,
-        default=loadtest.DEFAULT_DRAIN_TIMEOUT_S,
+        default=DEFAULT_DRAIN_TIMEOUT_S,
         help="Open loop: how long to wait for answers after the last arrival "
-        f"(default {loadtest.DEFAULT_DRAIN_TIMEOUT_S:g}).",
+        f"(default {DEFAULT_DRAIN_TIMEOUT_S:g}).",
     )
     group.add_argument(
         "--lag-threshold-ms",
         type=float,
-        default=loadtest.DEFAULT_LAG_THRESHOLD_MS,
+        default=DEFAULT_LAG_THRESHOLD_MS,
         help="Open loop: a request started later than this after its schedule is late "
-        f"(default {loadtest.DEFAULT_LAG_THRESHOLD_MS:g}).",
+        f"(default {DEFAULT_LAG_THRESHOLD_MS:g}).",
     )
 
 
@@ -183,7 +187,7 @@ class LoadTestRun:
             math.isfinite(options.timeout_ms) and options.timeout_ms > 0
         ):
             raise LoadgenError(f"--timeout-ms must be a number > 0, got {options.timeout_ms:g}")
-        self.stages = loadtest.parse_stages(options.stages) if options.stages else None
+        self.stages = parse_stages(options.stages) if options.stages else None
         self.trace = read_trace(Path(options.trace)) if options.trace else None
         # Given images are checked against the trace before the server is asked anything.
         if options.images:
@@ -276,7 +280,7 @@ class LoadTestRun:
         if self.trace is not None:
             return None if self.replay_done else (1, 1.0, [TraceReplayUser])
         if self.stages is not None:
-            target = loadtest.stage_target(self.stages, options.stage_mode, run_time_s)
+            target = stage_target(self.stages, options.stage_mode, run_time_s)
             return None if target is None else (target[0], target[1], [ClassifyUser])
         return (options.num_users or 1, float(options.spawn_rate or 1), [ClassifyUser])
 
@@ -372,7 +376,7 @@ class LoadTestRun:
         duration_s = time.monotonic() - self.started_at
         metrics_after = self._scrape() if self.metrics_before is not None else None
         server = (
-            loadtest.server_delta(self.metrics_before, metrics_after)
+            server_delta(self.metrics_before, metrics_after)
             if self.metrics_before is not None and metrics_after is not None
             else None
         )
@@ -383,7 +387,7 @@ class LoadTestRun:
             cut = sum(1 for r in records if r.status in (UNFINISHED, NOT_SENT))
             records = [r for r in records if r.status not in (UNFINISHED, NOT_SENT)]
         options = self.options
-        summary = loadtest.build_summary(
+        summary = build_summary(
             records,
             mode="trace" if self.trace is not None else "closed",
             server=server,
@@ -403,10 +407,10 @@ class LoadTestRun:
         if summary["lag"] and summary["lag"]["warning"]:
             logger.warning("%s", summary["lag"]["warning"])
         if options.request_log:
-            loadtest.write_request_log(records, Path(options.request_log))
+            write_request_log(records, Path(options.request_log))
         if options.summary_json:
-            loadtest.write_summary(summary, Path(options.summary_json))
-        print("\n" + loadtest.format_report(summary), flush=True)
+            write_summary(summary, Path(options.summary_json))
+        print("\n" + format_report(summary), flush=True)
         # The web UI can start another test; its shape must not see this one as done.
         self.replay_done = False
 
