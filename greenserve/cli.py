@@ -53,19 +53,19 @@ COMMANDS: tuple[Command, ...] = (
     # The inference-side studies.
     Command(
         "profile",
-        "loadgen.cli",
+        "studies.profile.cli",
         "Offline model profile: latency and J/image per batch size (no HTTP).",
         "studies",
     ),
     Command(
         "sweep",
-        "loadgen.cli",
+        "studies.sweep.cli",
         "Serve each batching configuration of a grid, replay a trace, record the figures.",
         "studies",
     ),
     Command(
         "zoo",
-        "trainer.zoo_cli",
+        "studies.zoo.cli",
         "Model-zoo study: energy per image vs accuracy of 2012-2022 networks (greenserve zoo --help).",
         "studies",
     ),

@@ -1,10 +1,11 @@
 """The model-zoo study: catalogue vs torchvision's metadata, measuring, resuming, the time budget,
-verdicts computed from the table, and the CLI."""
+the announced plan, verdicts computed from the table, and the CLI."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,30 +16,20 @@ import pytest
 import torch
 
 import energy.profile
+import studies.zoo.run
 from greenserve import cli
 from studies.kit.errors import LabError
-from trainer.errors import TrainerError
-from trainer.zoo import (
-    DEFAULT_BATCH_SIZES,
-    DEFAULT_SIZE_BUDGET_S,
-    SETTINGS_JSON,
-    ZooSettings,
-    estimate,
-    run_zoo,
-)
-from trainer.zoo_catalog import CATALOGUE, EXCEPTION_MODEL, STUDY_MODELS, build_model, lookup
-from trainer.zoo_report import (
-    MEASUREMENTS_CSV,
-    PLOT_BY_BATCH,
-    PLOT_BY_YEAR,
-    PLOT_PARETO,
-    STATS_JSON,
-    SUMMARY_MD,
-    ZOO_COLUMNS,
-    pareto_front,
-    read_zoo_table,
-    zoo_report,
-)
+from studies.kit.progress import format_duration
+from studies.zoo.catalog import CATALOGUE, EXCEPTION_MODEL, STUDY_MODELS, build_model, lookup
+from studies.zoo.cli import build_parser
+from studies.zoo.errors import ZooError
+from studies.zoo.plan import SMOKE_RUN, announce_plan, estimate
+from studies.zoo.plots import PLOT_BY_BATCH, PLOT_BY_YEAR, PLOT_PARETO
+from studies.zoo.report import STATS_JSON, SUMMARY_MD, zoo_report
+from studies.zoo.run import run_zoo
+from studies.zoo.settings import DEFAULT_BATCH_SIZES, DEFAULT_SIZE_BUDGET_S, ZooSettings
+from studies.zoo.stats import pareto_models
+from studies.zoo.table import MEASUREMENTS_CSV, SETTINGS_JSON, ZOO_COLUMNS, read_zoo_table
 
 REQUIRED = (
     "alexnet",
@@ -111,13 +102,13 @@ def test_every_entry_builds_with_the_metadata_parameter_count(entry: Any) -> Non
 
 
 def test_unknown_names_are_refused_with_close_matches() -> None:
-    with pytest.raises(TrainerError, match="resnet50"):
+    with pytest.raises(ZooError, match="resnet50"):
         ZooSettings(models=("resnet-50",))
-    with pytest.raises(TrainerError, match="vit_b_16"):
+    with pytest.raises(ZooError, match="vit_b_16"):
         lookup(["vit_b16"])
-    with pytest.raises(TrainerError, match="twice"):
+    with pytest.raises(ZooError, match="twice"):
         lookup(["alexnet", "alexnet"])
-    with pytest.raises(TrainerError, match="unknown model 'zzzz'"):
+    with pytest.raises(ZooError, match="unknown model 'zzzz'"):
         lookup(["zzzz"])
 
 
@@ -135,7 +126,7 @@ def test_unknown_names_are_refused_with_close_matches() -> None:
     ],
 )
 def test_bad_settings_are_refused(overrides: dict[str, Any], fragment: str) -> None:
-    with pytest.raises(TrainerError, match=fragment):
+    with pytest.raises(ZooError, match=fragment):
         ZooSettings(**overrides)
 
 
@@ -164,6 +155,49 @@ def test_estimate_budget_rule_and_done_cells() -> None:
     assert all(c.runs == (c.batch_size == 1) for c in tight.cells)
     done: dict[tuple[str, int], Any] = {("alexnet", b): {} for b in DEFAULT_BATCH_SIZES}
     assert all(c.model != "alexnet" for c in estimate(ZooSettings(), done).cells)
+
+
+def test_the_default_run_announces_its_cells_its_time_and_the_smoke_run(tmp_path: Path) -> None:
+    s = ZooSettings().resolved()
+    est = estimate(s)
+    runs = sum(c.runs for c in est.cells)
+    plan, hint = announce_plan(s, est, done=0, out_dir=tmp_path, quick=False)
+    assert plan.startswith(
+        f"zoo: 18 networks × 5 batch sizes = 90 cells into {tmp_path} ({runs} to measure, "
+    )
+    assert f"{90 - runs} predicted over the 60 s per-size budget" in plan
+    assert plan.endswith(f"about {format_duration(est.total_s)} to go")
+    assert 10 * 60 < est.total_s < 20 * 60  # the measured run took 16 min 18 s (docs/zoo.md, *Time*)
+    assert SMOKE_RUN in hint and "--dry-run" in hint and "resumes" in hint
+
+    # Resuming: the cells done are said, and the estimate is of the rest only.
+    done: dict[tuple[str, int], Any] = {(m.name, b): {} for m in s.models[:6] for b in s.batch_sizes}
+    rest = estimate(s, done)
+    (plan, _hint) = announce_plan(s, rest, done=30, out_dir=tmp_path, quick=False)
+    assert "30 of 90 done (resuming)" in plan
+    assert plan.endswith(f"about {format_duration(rest.total_s)} to go") and rest.total_s < est.total_s
+
+    # A quick run is no long run: no suggestion.
+    q = ZooSettings(quick=True).resolved()
+    assert announce_plan(q, estimate(q), done=0, out_dir=tmp_path, quick=True) == [
+        f"zoo: 3 networks × 2 batch sizes = 6 cells into {tmp_path} (6 to measure), "
+        f"about {format_duration(estimate(q).total_s)} to go"
+    ]
+
+
+def test_a_bare_zoo_command_announces_the_full_run_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def stop(device: str) -> None:
+        raise ZooError("stopped before measuring")
+
+    monkeypatch.setattr(studies.zoo.run, "_check_device", stop)
+    caplog.set_level(logging.INFO)
+    assert cli.main(["zoo", "--out", str(tmp_path / "zoo")]) == 2
+    said = [r.getMessage() for r in caplog.records]
+    assert any("18 networks × 5 batch sizes = 90 cells" in m and "min" in m and "to go" in m for m in said)
+    assert any(SMOKE_RUN in m for m in said)
+    assert not (tmp_path / "zoo").exists()
 
 
 # --- running --------------------------------------------------------------------------------------
@@ -218,8 +252,9 @@ def profile_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 
 
 def test_rerun_skips_done_cells_and_resumes_a_killed_run(
-    tmp_path: Path, profile_calls: list[tuple[int, ...]]
+    tmp_path: Path, profile_calls: list[tuple[int, ...]], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="studies.kit.progress")
     out = tmp_path / "zoo"
     run_zoo(quick(models=("squeezenet1_1",)), out, progress=False)
     assert profile_calls == [(1,), (2,)]
@@ -227,8 +262,10 @@ def test_rerun_skips_done_cells_and_resumes_a_killed_run(
 
     # Extending the study measures only the new model; the old rows stay as they were.
     profile_calls.clear()
+    caplog.clear()
     run_zoo(quick(models=("squeezenet1_1", "shufflenet_v2_x0_5")), out, progress=False)
     assert profile_calls == [(1,), (2,)]
+    assert "2 networks × 2 batch sizes = 4 cells" in caplog.text and "2 of 4 done (resuming)" in caplog.text
     rows = read_rows(out / MEASUREMENTS_CSV)
     assert rows[:2] == first and [r["model"] for r in rows[2:]] == ["shufflenet_v2_x0_5"] * 2
 
@@ -237,8 +274,10 @@ def test_rerun_skips_done_cells_and_resumes_a_killed_run(
     lines = table.read_text().splitlines(keepends=True)
     table.write_text("".join(lines[:-1]) + lines[-1][:25])
     profile_calls.clear()
+    caplog.clear()
     run_zoo(quick(models=("squeezenet1_1", "shufflenet_v2_x0_5")), out, progress=False)
     assert profile_calls == [(2,)]
+    assert "3 of 4 done (resuming)" in caplog.text
     rows = read_rows(table)
     assert len(rows) == 4 and all(r["status"] == "measured" for r in rows)
 
@@ -415,18 +454,18 @@ def test_verdicts_are_na_without_the_study_networks(tmp_path: Path) -> None:
 
 def test_pareto_front() -> None:
     points = {"a": (1.0, 60.0), "b": (2.0, 70.0), "c": (3.0, 65.0), "d": (2.0, 70.0), "e": (0.5, 50.0)}
-    assert pareto_front(points) == ["e", "a", "b", "d"]
-    assert pareto_front({}) == []
+    assert pareto_models(points) == ["e", "a", "b", "d"]
+    assert pareto_models({}) == []
 
 
 def test_malformed_tables_are_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("model,batch_size\nalexnet,1\n")
-    with pytest.raises(TrainerError, match="not a zoo table"):
+    with pytest.raises(ZooError, match="not a zoo table"):
         read_zoo_table(bad)
     table = synthetic_table(tmp_path / MEASUREMENTS_CSV, rising, exception_j=0.001)
     table.write_text(table.read_text().replace(",measured,", ",weird,", 1))
-    with pytest.raises(TrainerError, match="line 2: unknown status 'weird'"):
+    with pytest.raises(ZooError, match="line 2: unknown status 'weird'"):
         read_zoo_table(table)
 
 
@@ -471,6 +510,12 @@ def test_cli_help_lists_zoo_and_its_flags(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     for flag in ("--models", "--batch-sizes", "--device", "--energy-source", "--torch-threads", "--quick"):
         assert flag in out
+    assert "[alias: --threads]" in out
+
+
+def test_threads_is_an_alias_of_torch_threads() -> None:
+    assert build_parser().parse_args(["run", "--torch-threads", "2"]).torch_threads == 2
+    assert build_parser().parse_args(["run", "--threads", "2"]).torch_threads == 2
 
 
 def test_serve_does_not_import_the_studys_dependencies() -> None:

@@ -6,7 +6,7 @@ paper had none). Accuracy, GFLOPS, parameters and resolution are copied from tor
 metadata (``get_model_weights(name).DEFAULT``: ``meta['_metrics']['ImageNet-1K']['acc@1']``,
 ``meta['_ops']``, ``meta['num_params']``, and the crop size of ``DEFAULT.transforms``) rather than
 read at run time, so the table can be read, reviewed and estimated from without torchvision, and
-the tests check every value against torchvision's (tests/trainer/test_zoo.py): a torchvision
+the tests check every value against torchvision's (tests/studies/test_zoo.py): a torchvision
 release that changes a DEFAULT weight set fails there, not silently in a result.
 
 The accuracy is that of torchvision's DEFAULT weights. For some architectures these come from
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainer.errors import TrainerError
+from studies.zoo.errors import ZooError
 
 if TYPE_CHECKING:
     import torch
@@ -136,7 +136,7 @@ def model_names() -> tuple[str, ...]:
 def lookup(names: Iterable[str]) -> tuple[ZooModel, ...]:
     """The catalogue entries of ``names``, in the order given; duplicates are an error.
 
-    An unknown name is a :class:`TrainerError` that names the closest catalogued names, so a typo
+    An unknown name is a :class:`ZooError` that names the closest catalogued names, so a typo
     (``resnet-50``, ``vit_b16``) is answered with what was meant.
     """
     chosen: list[ZooModel] = []
@@ -145,12 +145,12 @@ def lookup(names: Iterable[str]) -> tuple[ZooModel, ...]:
         if entry is None:
             close = difflib.get_close_matches(name, list(_BY_NAME), n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else "see `greenserve zoo list`"
-            raise TrainerError(f"unknown model {name!r} (not in the zoo's catalogue); {hint}")
+            raise ZooError(f"unknown model {name!r} (not in the zoo's catalogue); {hint}")
         if entry in chosen:
-            raise TrainerError(f"model {name!r} is listed twice")
+            raise ZooError(f"model {name!r} is listed twice")
         chosen.append(entry)
     if not chosen:
-        raise TrainerError("no models given")
+        raise ZooError("no models given")
     return tuple(chosen)
 
 
