@@ -96,9 +96,17 @@ def alert_condition(expr: str) -> str:
 
 
 # Grafana's built-in interval variables, and what they stand for in the test's queries (made just after its
-# load): a window that holds the whole load. A dashboard variable not listed here fails the test, so that one
-# added later gets a value here too.
-GRAFANA_VARIABLES = {"__rate_interval": "1m", "__interval": "1m", "__range": "5m"}
+# load): a window that holds the whole load. Then the dashboard's own: the job the tests' Prometheus scrapes
+# (a value that must match, so a filter merged into the wrong place loses the data), and the instance as
+# Grafana sends it when All is selected (its allValue). A dashboard variable not listed here fails the test,
+# so that one added later gets a value here too.
+GRAFANA_VARIABLES = {
+    "__rate_interval": "1m",
+    "__interval": "1m",
+    "__range": "5m",
+    "job": GREENSERVE_JOB,
+    "instance": ".*",
+}
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
@@ -109,6 +117,9 @@ def substitute_grafana_variables(expr: str) -> str:
         return GRAFANA_VARIABLES[name]
 
     return _VARIABLE.sub(value, expr)
+
+
+_LABEL_VALUES = re.compile(r"label_values\((?P<selector>[^,]+),\s*(?P<label>\w+)\)")
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,14 @@ def expressions_to_evaluate() -> list[Expression]:
                     substitute_grafana_variables(target["expr"]),
                 )
             )
+    # The job and instance variables' label_values(selector, label), as the PromQL that lists the same values:
+    # the metric they list from is exported, with those labels.
+    for variable in dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            match = _LABEL_VALUES.fullmatch(variable["query"])
+            assert match, f"variable {variable['name']}: {variable['query']!r}"
+            query = f"group by ({match['label']}) ({match['selector']})"
+            found.append(Expression(f"variable {variable['name']}", substitute_grafana_variables(query)))
     return found
 
 
@@ -249,8 +268,7 @@ def test_grafana_provisioning_matches_compose() -> None:
 
 
 def test_dashboard_structure() -> None:
-    """What Grafana needs to show every panel from the provisioned data source, laid out without overlap."""
-    uid = load_yaml(GRAFANA_DATASOURCES)["datasources"][0]["uid"]
+    """What Grafana needs to show every panel from the chosen data source, laid out without overlap."""
     board = dashboard()
     assert board["uid"] and board["title"] and board["schemaVersion"] >= 36
     ids = [panel["id"] for panel in board["panels"]]
@@ -259,7 +277,7 @@ def test_dashboard_structure() -> None:
     for panel in board["panels"]:
         where = f"panel {panel['id']} {panel.get('title')!r}"
         assert panel.get("title") and panel.get("type"), where
-        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, where
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
         grid = panel["gridPos"]
         assert all(isinstance(grid[k], int) for k in "hwxy"), where
         assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, where
