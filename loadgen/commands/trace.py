@@ -1,7 +1,8 @@
 """``greenserve trace generate|stats|check``: make, summarise and validate arrival traces.
 
 ``generate`` has one sub-command per generator of :data:`loadgen.trace.GENERATORS`, its flags
-built from the generator's parameter spec, so that a new generator needs no CLI code. Every
+built from the generator's parameter spec, so that a new generator needs no CLI code; a common
+name (``--duration-s``) keeps its old spelling (``--duration``) as an alias. Every
 mistake (a bad parameter, a malformed file) is a :class:`~loadgen.errors.TraceError`, which
 :mod:`loadgen.cli` prints as one line with exit code 2.
 """
@@ -24,6 +25,7 @@ from loadgen.trace import (
     trace_stats,
     write_trace,
 )
+from studies.kit.flags import add_flag
 
 
 def _print_stats(stats: TraceStats) -> None:
@@ -38,13 +40,12 @@ def _add_param(parser: argparse.ArgumentParser, param: Param) -> None:
     help_text = param.help if param.default is None else f"{param.help} Default: {shown}."
     help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
     metavar = param.option.lstrip("-").replace("-", "_").upper()
+    # add_flag: a common name (--duration-s) also takes its old spelling (--duration) as an alias.
     if param.kind == "floats":
-        parser.add_argument(
-            param.option, dest=param.name, type=float, nargs="+", metavar="RATE", help=help_text
-        )
+        add_flag(parser, param.option, dest=param.name, type=float, nargs="+", metavar="RATE", help=help_text)
     else:
         kind = int if param.kind == "int" else float
-        parser.add_argument(param.option, dest=param.name, type=kind, metavar=metavar, help=help_text)
+        add_flag(parser, param.option, dest=param.name, type=kind, metavar=metavar, help=help_text)
 
 
 def _generate(args: argparse.Namespace) -> int:

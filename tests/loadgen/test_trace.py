@@ -278,7 +278,7 @@ def test_cli_generate_writes_the_trace_and_prints_its_stats(
         "16",
         "--jitter",
         "0.2",
-        "--duration",
+        "--duration-s",
         "30",
         "--seed",
         "4",
@@ -300,6 +300,23 @@ def test_cli_generate_step_takes_a_list_of_rates(tmp_path: Path, capsys: pytest.
     )
     assert "duration                 30 s" in capsys.readouterr().out
     assert read_trace(out) == read_trace(write_trace(step([2, 0, 8], 10, seed=0), tmp_path / "same.csv"))
+
+
+@pytest.mark.parametrize("kind", [k.name for k in GENERATORS.values() if "duration_s" in k.param_names])
+def test_cli_duration_s_is_the_flag_and_duration_its_documented_alias(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    new, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
+    assert cli.main("trace", ["generate", kind, "--duration-s", "12", "--out", str(new)]) == 0
+    assert cli.main("trace", ["generate", kind, "--duration", "12", "--out", str(old)]) == 0
+    assert read_trace(new) == read_trace(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.jsonl", "old.jsonl"]  # no temporary left
+    assert "duration                 12 s" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main("trace", ["generate", kind, "--help"])
+    assert "--duration-s DURATION_S, --duration DURATION_S" in capsys.readouterr().out
+    with pytest.raises(TraceError, match=r"unknown parameter\(s\) duration for poisson"):
+        generate("poisson", duration=10)  # the Python keyword is duration_s, as before
 
 
 @pytest.mark.parametrize(
