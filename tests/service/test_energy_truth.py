@@ -1,6 +1,6 @@
 """Energy truth on a real server: the synthetic source (its true energy is known) under steady
 closed-loop load of identical requests, read through a 100 ms counter whose reads take 4 ms, with
-~5 ms batches. The same measurement is ``make bench-energy``'s (bench.energy.measure)."""
+~5 ms batches. The same measurement is ``make bench-energy``'s (studies.accounting.run.measure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.energy import measure
+from studies.accounting.run import measure
 
 pytestmark = pytest.mark.server
 

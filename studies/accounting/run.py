@@ -1,6 +1,6 @@
 """Energy accounting benchmark: does the per-request figure hold under load, against a known truth?
 
-``make bench-energy`` (``python -m bench.energy``) starts a real server per energy source (by
+``make bench-energy`` (``python -m studies.accounting``) starts a real server per energy source (by
 default ``synthetic`` — a known power model read through a 100 ms counter whose reads take 4 ms,
 as NVML's on an H200 — and ``estimate``), drives it with a steady closed loop of identical
 requests, and prints four figures per source, measured side by side in one run:
@@ -18,22 +18,21 @@ A sensor (``--sources nvml --model resnet50 --weights random --device cuda`` on 
 model truth: its figures are the closure on its own counter, the 0 J count and the spread.
 
 Linux only (``/proc``). Every figure names its source; J/request is the *attributed* figure
-(idle excluded), as the responses give it.
+(idle excluded), as the responses give it. The settings are :mod:`studies.accounting.settings`'s,
+the table :mod:`studies.accounting.report`'s, the command :mod:`studies.accounting.cli`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
-import os
+import logging
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -41,10 +40,17 @@ from PIL import Image
 
 from energy import MODEL_SOURCES
 from loadgen.metrics import metric, parse_metrics
+from studies.accounting.settings import AccountingSettings
+from studies.kit.errors import LabError
+from studies.kit.machine import process_cpu_s
+from studies.kit.progress import announce
 from studies.kit.server import greenserve_argv, running_server, server_env
 
-DEFAULT_SOURCES = ("synthetic", "estimate")
+logger = logging.getLogger(__name__)
+
 WATTS_PER_CORE = 10.0
+#: Rough cost per source beyond its measured window (server start, warm-up, settling), for the estimate.
+OVERHEAD_ESTIMATE_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -67,10 +73,12 @@ class EnergyCheck:
     parts_mean_j: dict[str, float]  # mean energy_parts_j over the requests: model, decode, serving
 
 
-def process_cpu_s(pid: int) -> float:
-    """A process's CPU time (utime + stime, all threads) as the kernel counts it."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def server_cpu_s(pid: int) -> float:
+    """The server's CPU time (utime + stime, all threads) as the kernel counts it."""
+    cpu_s = process_cpu_s(pid)
+    if cpu_s is None:
+        raise LabError(f"cannot read /proc/{pid}/stat: the truth needs Linux's /proc and the server alive")
+    return cpu_s
 
 
 def sample_png() -> bytes:
@@ -139,10 +147,10 @@ def measure(
         time.sleep(0.5)
         with httpx.Client(base_url=server.base_url, timeout=10, trust_env=False) as client:
             before = client.get("/metrics").text
-            cpu0, t0 = process_cpu_s(server.pid), time.monotonic()
+            cpu0, t0 = server_cpu_s(server.pid), time.monotonic()
             answers = asyncio.run(closed_loop(server.base_url, clients, seconds))
             time.sleep(0.5)  # a few counter periods: the device counter catches up with the work
-            cpu1, t1 = process_cpu_s(server.pid), time.monotonic()
+            cpu1, t1 = server_cpu_s(server.pid), time.monotonic()
             after = client.get("/metrics").text
     energies = [a["energy_j"] for a in answers]
     known = [float(e) for e in energies if isinstance(e, (int, float))]
@@ -190,93 +198,39 @@ def measure(
     )
 
 
-def render(checks: Sequence[EnergyCheck]) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title="Energy accounting under steady closed-loop load (J/request attributed, idle excluded)"
+def plan_line(settings: AccountingSettings) -> str:
+    """What the run will do and about how long it takes (logged, and printed on stderr first)."""
+    sources = settings.sources
+    return announce(
+        "energy accounting benchmark",
+        f"{len(sources)} source(s) ({', '.join(sources)}) × {settings.measured_s:g} s of "
+        f"{settings.clients} closed-loop clients on {settings.model}",
+        units=len(sources),
+        estimate_s=len(sources) * (OVERHEAD_ESTIMATE_S + settings.measured_s),
     )
-    for column in (
-        "source",
-        "requests",
-        "0 J or null",
-        "closure (Σ req + idle) ÷ device",
-        "mean mJ/request",
-        "truth mJ/request",
-        "mean ÷ truth",
-        "p99 ÷ p50 (batch size)",
-        "parts mJ: model / decode / serving",
-    ):
-        table.add_column(column, justify="right")
-    for c in checks:
-        table.add_row(
-            c.source,
-            str(c.requests),
-            str(c.zero_or_null),
-            f"{c.closure:.4f}",
-            f"{c.mean_j * 1000:.3f}",
-            f"{c.truth_j * 1000:.3f}",
-            f"{c.mean_vs_truth:.3f}",
-            f"{c.p99_over_p50:.2f} ({c.batch_size})",
-            " / ".join(f"{c.parts_mean_j[k] * 1000:.2f}" for k in ("model", "decode", "serving")),
-        )
-    console = Console(file=io.StringIO(), width=170, record=True)
-    console.print(table)
-    console.print(
-        "truth: watts per core × the server's CPU seconds (/proc) ÷ requests — the source's own power "
-        "model, idle excluded; synthetic reads through a 100 ms counter with 4 ms reads."
-    )
-    return console.export_text()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.energy", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES), help="comma-separated energy sources")
-    parser.add_argument("--model", default="digits_cnn")
-    parser.add_argument("--weights", help="the servers' --weights (e.g. random for resnet50 offline)")
-    parser.add_argument(
-        "--device",
-        default="cpu",
-        help="the servers' torch device (the NVML check: --sources nvml --model resnet50 --device cuda)",
-    )
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--duration-s", type=float, default=10.0, help="measured window per source")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-wait-ms", type=float, default=2.0)
-    parser.add_argument("--quick", action="store_true", help="3 s per source (a smoke run)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not Path("/proc/self/stat").exists():
-        print("bench.energy needs Linux's /proc to read the server's CPU time", file=sys.stderr)
-        return 2
-    sources = [s.strip() for s in args.sources.split(",") if s.strip()]
-    seconds = 3.0 if args.quick else args.duration_s
+def measure_all(settings: AccountingSettings) -> list[EnergyCheck]:
+    """One :func:`measure` per source, in order; says which runs on stderr."""
     checks = []
     with tempfile.TemporaryDirectory(prefix="bench-energy-") as tmp:
-        for source in sources:
-            print(f"measuring {source}: {args.clients} clients, {seconds:g} s …", file=sys.stderr, flush=True)
+        for source in settings.sources:
+            print(
+                f"measuring {source}: {settings.clients} clients, {settings.measured_s:g} s …",
+                file=sys.stderr,
+                flush=True,
+            )
             checks.append(
                 measure(
                     source,
-                    model=args.model,
-                    clients=args.clients,
-                    seconds=seconds,
-                    max_batch_size=args.max_batch_size,
-                    max_wait_ms=args.max_wait_ms,
-                    device=args.device,
-                    weights=args.weights,
+                    model=settings.model,
+                    clients=settings.clients,
+                    seconds=settings.measured_s,
+                    max_batch_size=settings.max_batch_size,
+                    max_wait_ms=settings.max_wait_ms,
+                    device=settings.device,
+                    weights=settings.weights,
                     workdir=Path(tmp),
                 )
             )
-    print(render(checks))
-    for check in checks:
-        print({k: v for k, v in asdict(check).items()})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return checks

@@ -1,0 +1,78 @@
+"""``python -m studies.simcheck`` (``make bench-sim``): does the simulator predict what a real sweep
+measures? Its flags are :class:`~studies.simcheck.settings.SimCheckSettings`' fields
+(:mod:`studies.kit.flags`: ``--duration-s`` also answers to ``--duration``, ``--torch-threads`` to
+``--threads``); ``--report`` prints a finished check's table again from its ``report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from studies.kit.errors import LabError
+from studies.kit.flags import add_dataclass_flags, dataclass_from_args
+from studies.simcheck import run as measurement
+from studies.simcheck.report import render
+from studies.simcheck.settings import SimCheckSettings
+
+PROG = "python -m studies.simcheck"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Simulator validation: does greenserve simulate predict what a real sweep measures?",
+    )
+    add_dataclass_flags(parser, SimCheckSettings)
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="print the table of a finished check's report.json; measure nothing",
+    )
+    return parser
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    try:
+        report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabError(f"cannot read {path}: {exc}") from None
+    if not isinstance(report, dict) or "comparisons" not in report or "summary" not in report:
+        raise LabError(f"{path} is not a simulator check's report.json")
+    return report
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    args = build_parser(prog).parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    try:
+        if args.report is not None:
+            report = read_report(args.report)
+        else:
+            settings: SimCheckSettings = dataclass_from_args(SimCheckSettings, args)
+            report = measurement.run(settings, console)
+    except LabError as exc:  # bad settings, or LoadgenError (a trace, a sweep table made otherwise)
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    render(report, console)
+    return 0
+
+
+def run(name: str, argv: Sequence[str]) -> int:
+    """The front door's entry: ``greenserve <name> <argv…>`` (``greenserve bench-sim``)."""
+    return main(list(argv), prog=f"greenserve {name}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
