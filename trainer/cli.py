@@ -1,7 +1,10 @@
 """``greenserve train …``: the trainer's sub-command group.
 
-Flags are generated from the studies' settings dataclasses (one source of truth, as ``serve``'s
-are from its settings class): ``--conv-levels 1,4``, ``--quick``, ``--no-quick``.
+Each study registers its own command (:mod:`trainer.ablation.cli`, :mod:`trainer.hpo.cli`) through
+:func:`add_study_command`: flags generated from its settings dataclass by :mod:`studies.kit.flags`
+(``--conv-levels 1,4``, ``--quick``, ``--no-quick``, ``--torch-threads`` with ``--threads`` as its
+old spelling), ``--out``, and its run function. ``greenserve train report`` redraws either study's
+report from its table alone.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,11 @@ from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_RESULTS", "add_dataclass_flags", "dataclass_from_args", "main", "run"]
+Handler = Callable[[argparse.Namespace], Iterable[Path]]
 
 
-def _run(handler: Any, args: argparse.Namespace) -> int:
+def _run(handler: Handler, args: argparse.Namespace) -> int:
+    """Run a command's handler: its output paths on stdout, a user error as one line and status 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         for path in handler(args):
@@ -31,6 +35,54 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
         print(f"greenserve train {args.train_command}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_study_command(
+    sub: Any, name: str, help_text: str, settings_cls: type, run: Callable[[Any, Path], Path]
+) -> argparse.ArgumentParser:
+    """A study command under ``sub``: flags from its settings dataclass, ``--out`` (default
+    ``results/<name>``), and ``run(settings, out_dir)``, whose returned path is printed."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    add_dataclass_flags(parser, settings_cls)
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS / name, help="results directory")
+
+    def handle(args: argparse.Namespace) -> list[Path]:
+        return [run(dataclass_from_args(settings_cls, args), args.out)]
+
+    parser.set_defaults(handler=lambda args: _run(handle, args))
+    return parser
+
+
+def _redraw(args: argparse.Namespace) -> list[Path]:
+    """``greenserve train report CSV``: the report of whichever study wrote the table."""
+    from trainer.ablation.report import ablation_report
+    from trainer.hpo.report import write_hpo_report
+
+    csv_path: Path = args.csv
+    if not csv_path.is_file():
+        raise TrainerError(f"{csv_path} does not exist")
+    out = args.out or csv_path.parent
+    with csv_path.open(encoding="utf-8") as f:
+        header = f.readline()
+    if "conv_layers" in header:
+        return list(ablation_report(csv_path, out))
+    if "strategy" in header:
+        return list(write_hpo_report(csv_path, out))
+    raise TrainerError(f"{csv_path} is neither an ablation nor an HPO results table")
+
+
+def add_commands(train: argparse.ArgumentParser) -> None:
+    """The experiments, as sub-commands of ``train``."""
+    from trainer.ablation.cli import register as register_ablation
+    from trainer.hpo.cli import register as register_hpo
+
+    sub = train.add_subparsers(dest="train_command", required=True, metavar="EXPERIMENT")
+    register_ablation(sub)
+    register_hpo(sub)
+    report = sub.add_parser("report", help="Redraw a study's summary and plots from its CSV alone.")
+    report.add_argument("csv", type=Path, help="ablation_runs.csv or hpo_trials.csv")
+    report.add_argument("--out", type=Path, default=None, help="output directory (default: the CSV's)")
+    report.set_defaults(handler=lambda args: _run(_redraw, args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,53 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     code: int = args.handler(args)
     return code
-
-
-def add_commands(train: argparse.ArgumentParser) -> None:
-    """The experiments, as sub-commands of ``train``."""
-    from trainer.ablation import AblationSettings, run_ablation
-    from trainer.hpo import HpoSettings, run_hpo, write_hpo_report
-    from trainer.report import ablation_report
-
-    sub = train.add_subparsers(dest="train_command", required=True, metavar="EXPERIMENT")
-
-    def add_study(name: str, help_text: str, settings_cls: type, run: Callable[[Any, Path], Path]) -> None:
-        """A study command: flags from its settings dataclass, ``--out``, and its run function."""
-        parser = sub.add_parser(name, help=help_text)
-        add_dataclass_flags(parser, settings_cls)
-        parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS / name, help="results directory")
-
-        def handle(args: argparse.Namespace) -> list[Path]:
-            return [run(dataclass_from_args(settings_cls, args), args.out)]
-
-        parser.set_defaults(handler=lambda args: _run(handle, args))
-
-    add_study(
-        "ablation",
-        "Factorial ablation of CNN layers: energy and accuracy per design, Kruskal-Wallis per factor.",
-        AblationSettings,
-        run_ablation,
-    )
-    add_study("hpo", "Hyperparameter optimisation strategies compared on energy.", HpoSettings, run_hpo)
-
-    report = sub.add_parser("report", help="Redraw a study's summary and plots from its CSV alone.")
-    report.add_argument("csv", type=Path, help="ablation_runs.csv or hpo_trials.csv")
-    report.add_argument("--out", type=Path, default=None, help="output directory (default: the CSV's)")
-
-    def do_report(args: argparse.Namespace) -> list[Path]:
-        csv_path: Path = args.csv
-        if not csv_path.is_file():
-            raise TrainerError(f"{csv_path} does not exist")
-        out = args.out or csv_path.parent
-        with csv_path.open(encoding="utf-8") as f:
-            header = f.readline()
-        if "conv_layers" in header:
-            return list(ablation_report(csv_path, out))
-        if "strategy" in header:
-            return list(write_hpo_report(csv_path, out))
-        raise TrainerError(f"{csv_path} is neither an ablation nor an HPO results table")
-
-    report.set_defaults(handler=lambda args: _run(do_report, args))
 
 
 def run(command: str, argv: Sequence[str]) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -16,17 +18,20 @@ from scipy import stats as scipy_stats
 
 import trainer.ablation as ablation
 from studies.kit.errors import LabError
+from studies.kit.flags import dataclass_from_args
 from studies.kit.stats import eta_squared_h, kruskal_eta_squared
 from tests.trainer.conftest import WrappingRapl
-from trainer.ablation import SETTINGS_JSON, AblationSettings, designs, run_ablation
+from trainer.ablation import run as ablation_run
+from trainer.ablation.report import ablation_report, render_ablation_summary
+from trainer.ablation.run import run_ablation
+from trainer.ablation.settings import AblationSettings, designs
+from trainer.ablation.stats import ABLATION_FACTORS, ablation_stats
+from trainer.ablation.table import RUNS_CSV, SETTINGS_JSON
+from trainer.cli import add_commands
+from trainer.data import Dataset
 from trainer.errors import TrainerError
-from trainer.report import (
-    ABLATION_FACTORS,
-    RUNS_CSV,
-    ablation_report,
-    ablation_stats,
-    render_ablation_summary,
-)
+from trainer.models import build_model
+from trainer.training import StudyEnergy, TrainConfig, train, warm_up
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("ablation_energy_by_design.png", "ablation_energy_by_factor.png", "ablation_accuracy_by_design.png")
@@ -200,7 +205,7 @@ def test_a_killed_study_resumes_without_repeating_finished_runs(
     # 2 designs × 2 repeats: enough to be killed mid-study.
     settings = quick(conv_levels=(1, 2), linear_levels=(1,), activation_levels=(True,))
     runs_csv = tmp_path / RUNS_CSV
-    real_train = ablation.train
+    real_train = train
     calls = 0
 
     def killed_on_the_third_run(*args: Any, **kwargs: Any) -> Any:
@@ -208,7 +213,7 @@ def test_a_killed_study_resumes_without_repeating_finished_runs(
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(ablation, "train", killed_on_the_third_run)
+    monkeypatch.setattr(ablation_run, "train", killed_on_the_third_run)
     with pytest.raises(KeyboardInterrupt):
         run_ablation(settings, tmp_path, progress=False)
     finished = read_rows(runs_csv)
@@ -223,7 +228,7 @@ def test_a_killed_study_resumes_without_repeating_finished_runs(
         calls += 1
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(ablation, "train", counting)
+    monkeypatch.setattr(ablation_run, "train", counting)
     run_ablation(settings, tmp_path, progress=False)
     rows = read_rows(runs_csv)
     assert keys(rows) == expected_keys(settings)  # every design × repeat exactly once
@@ -384,7 +389,7 @@ def test_ablation_stats_degenerate_tables_report_na_instead_of_crashing() -> Non
         ({"repeats": 0}, "repeats"),
         ({"epochs": 0}, "epochs"),
         ({"batch_size": -8}, "batch_size"),
-        ({"threads": 0}, "threads"),
+        ({"torch_threads": 0}, "torch_threads"),
         ({"lr": 0.0}, "lr"),
         ({"energy_source": "wattmeter"}, "unknown energy source"),
         ({"watts_per_core": 0.0}, "watts_per_core"),
@@ -410,15 +415,102 @@ def test_threads_apply_during_the_study_and_are_restored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[int] = []
-    real_train = ablation.train
+    real_train = train
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         seen.append(torch.get_num_threads())
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(ablation, "train", recording)
+    monkeypatch.setattr(ablation_run, "train", recording)
     before = torch.get_num_threads()
-    settings = quick(conv_levels=(1,), linear_levels=(1,), activation_levels=(True,), threads=1)
+    settings = quick(conv_levels=(1,), linear_levels=(1,), activation_levels=(True,), torch_threads=1)
+    assert settings.threads == 1  # the old name still reads it
     run_ablation(settings, tmp_path, progress=False)
     assert seen == [1, 1, 1]  # the warm-up and both repeats
     assert torch.get_num_threads() == before
+
+
+# --- the plan, the old thread setting, the flags ------------------------------------------------
+
+
+def test_a_study_announces_its_plan_and_estimate_and_a_resumed_one_what_is_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = quick(conv_levels=(1, 2), linear_levels=(1,), activation_levels=(True,))
+    with caplog.at_level("INFO", logger="studies.kit.progress"):
+        run_ablation(settings, tmp_path, progress=False)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "studies.kit.progress"]
+    assert line.startswith("ablation: 2 designs × 2 repeats = 4 runs of 1 epoch(s) on digits (quick")
+    assert "about" in line and "to go" in line and "done" not in line
+    caplog.clear()
+    with caplog.at_level("INFO", logger="studies.kit.progress"):
+        run_ablation(settings, tmp_path, progress=False)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "studies.kit.progress"]
+    assert "4 of 4 done (resuming)" in line and "to go" not in line
+
+
+#: ``ablation_settings.json`` as the study wrote it before its ``threads`` field became
+#: ``torch_threads`` (quick, one conv and one linear level, ReLU on).
+OLD_SETTINGS_JSON = {
+    "table_version": 1,
+    "dataset": "digits",
+    "data_dir": None,
+    "model": "simple_cnn",
+    "conv_levels": [1],
+    "linear_levels": [1],
+    "activation_levels": [True],
+    "repeats": 2,
+    "epochs": 1,
+    "batch_size": 64,
+    "lr": 0.001,
+    "seed": 0,
+    "device": "cpu",
+    "threads": 1,
+    "energy_source": "estimate",
+    "watts_per_core": None,
+    "quick": True,
+}
+
+
+def test_a_study_directory_from_before_torch_threads_still_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = quick(conv_levels=(1,), linear_levels=(1,), activation_levels=(True,))
+    assert settings.fingerprint() == OLD_SETTINGS_JSON  # the same fingerprint, under the old key
+    real_train = train
+    calls = 0
+
+    def one_run_then_killed(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the warm-up, one run, then a kill
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(ablation_run, "train", one_run_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(settings, tmp_path, progress=False)
+    (tmp_path / SETTINGS_JSON).write_text(json.dumps(OLD_SETTINGS_JSON, indent=2) + "\n")  # the old file
+    monkeypatch.setattr(ablation_run, "train", real_train)
+    run_ablation(settings, tmp_path, progress=False)
+    assert keys(read_rows(tmp_path / RUNS_CSV)) == expected_keys(settings)
+    with pytest.raises(LabError, match=r"other settings \(threads: 1 → 2\)"):
+        run_ablation(dataclasses.replace(settings, torch_threads=2), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("flag", ["--torch-threads", "--threads"])
+def test_torch_threads_flag_and_its_old_spelling(flag: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_commands(parser)
+    args = parser.parse_args(["ablation", flag, "2", "--conv-levels", "1,2"])
+    s = dataclass_from_args(AblationSettings, args)
+    assert s.torch_threads == 2 and s.conv_levels == (1, 2)
+    assert dataclass_from_args(AblationSettings, parser.parse_args(["ablation"])).torch_threads == 1
+
+
+def test_the_warm_up_gives_the_pace_of_an_epoch_over_the_whole_data(digits: Dataset) -> None:
+    model = build_model("simple_cnn", input_shape=digits.input_shape, num_classes=digits.num_classes)
+    with StudyEnergy.open("estimate", device="cpu", watts_per_core=None) as meter:
+        epoch_s = warm_up(model, digits, TrainConfig(epochs=8), meter=meter)
+    # About 0.1–1 s an epoch of digits' 1,437 + 360 samples on a small CPU; bounds far apart on purpose.
+    assert 0.001 < epoch_s < 60

@@ -15,6 +15,12 @@ def test_train_help_lists_the_studies(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     for flag in ("--conv-levels", "--linear-levels", "--activation-levels", "--repeats", "--quick", "--out"):
         assert flag in out
+    assert "--torch-threads" in out and "[alias: --threads]" in out  # the common name, the old one kept
+    with pytest.raises(SystemExit):
+        cli.main(["train", "hpo", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--strategies", "--rounds", "--torch-threads", "--threads", "--quick", "--out"):
+        assert flag in out
 
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,11 +1,13 @@
 """The HPO study: strategies, grid order, resume after a kill, pruning, summary and report, bad input.
 
-One test trains for real (a quick study of every strategy); the rest patch ``trainer.hpo.train``
-with a deterministic fake, so that they run in well under a second of training each.
+One test trains for real (a quick study of every strategy); the rest patch ``trainer.hpo.run.train``
+with a deterministic fake (the study's warm-up included), so that they run in well under a second of
+training each.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import itertools
 import math
@@ -18,8 +20,10 @@ import pytest
 from torch import nn
 
 from energy import EnergyMeter
+from studies.kit.flags import dataclass_from_args
 from tests.trainer.conftest import WrappingRapl
 from trainer import hpo
+from trainer.cli import add_commands
 from trainer.data import Dataset
 from trainer.errors import TrainerError
 from trainer.hpo import HpoSettings, read_trials_csv, run_hpo, summarize_trials, write_hpo_report
@@ -76,7 +80,7 @@ class FakeTrain:
 def fake_train(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeTrain]:
     def install(interrupt_on: int | None = None) -> FakeTrain:
         fake = FakeTrain(interrupt_on)
-        monkeypatch.setattr(hpo, "train", fake)
+        monkeypatch.setattr("trainer.hpo.run.train", fake)
         return fake
 
     return install
@@ -206,11 +210,11 @@ def test_more_rounds_extend_a_finished_study_without_repeating_trials(
     fake = fake_train()
     run_hpo(settings(strategies=("random",), rounds=2), tmp_path, progress=False)
     before = read_trials_csv(tmp_path / "hpo_trials.csv")
-    assert len(fake.calls) == 2
+    assert len(fake.calls) == 1 + 2  # the warm-up, then 2 rounds
 
     run_hpo(settings(strategies=("random",), rounds=4), tmp_path, progress=False)
     after = read_trials_csv(tmp_path / "hpo_trials.csv")
-    assert len(fake.calls) == 4  # only the 2 missing rounds ran
+    assert len(fake.calls) == 3 + 1 + 2  # the warm-up, then only the 2 missing rounds
     assert len(after) == 4
     assert after[:2] == [{**r, "target_accuracy": after[0]["target_accuracy"]} for r in before]
     assert len({params_of(r) for r in after}) == 4  # the resumed sampler did not replay its first points
@@ -220,7 +224,7 @@ def test_a_killed_run_resumes_without_repeating_finished_trials(
     tmp_path: Path, fake_train: Callable[..., FakeTrain]
 ) -> None:
     s = settings(strategies=("tpe",), rounds=4)
-    fake_train(interrupt_on=3)
+    fake_train(interrupt_on=1 + 3)  # the warm-up, 2 rounds, then Ctrl-C in the third
     with pytest.raises(KeyboardInterrupt):
         run_hpo(s, tmp_path, progress=False)
     assert not (tmp_path / "hpo_trials.csv").exists()  # no half-written results
@@ -233,7 +237,7 @@ def test_a_killed_run_resumes_without_repeating_finished_trials(
 
     fake = fake_train()
     run_hpo(s, tmp_path, progress=False)
-    assert len(fake.calls) == 2  # 2 of 4 rounds had finished
+    assert len(fake.calls) == 1 + 2  # the warm-up, then the 2 rounds of 4 still missing
     rows = read_trials_csv(tmp_path / "hpo_trials.csv")
     assert [r["round"] for r in rows] == ["1", "2", "3", "4"]
     assert [r["trial"] for r in rows] == ["0", "1", "4", "5"]  # the failed and the stale trial never count
@@ -454,3 +458,45 @@ def test_settings_accept_plain_argparse_values() -> None:
     )
     quick = HpoSettings(quick=True, epochs=3)
     assert (quick.n_rounds, quick.n_repeats, quick.n_epochs, quick.data_limit) == (4, 1, 3, hpo.QUICK_LIMIT)
+
+
+# --- the plan, the flags ------------------------------------------------------------------------
+
+
+def test_a_run_announces_its_plan_and_estimate_and_a_resumed_one_what_is_done(
+    tmp_path: Path, fake_train: Callable[..., FakeTrain], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_train()
+    s = settings(strategies=("random", "tpe"), rounds=3)
+    with caplog.at_level("INFO", logger="studies.kit.progress"):
+        run_hpo(s, tmp_path, progress=False)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "studies.kit.progress"]
+    assert line.startswith(
+        "hpo: 2 strategies × 1 repeats = 2 studies × 3 rounds = 6 trials of 2 epoch(s) on digits (quick"
+    )
+    assert "to go" in line and "done" not in line
+
+    caplog.clear()
+    fake = fake_train()
+    with caplog.at_level("INFO", logger="studies.kit.progress"):
+        run_hpo(settings(strategies=("random", "tpe"), rounds=4), tmp_path, progress=False)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "studies.kit.progress"]
+    assert "8 trials" in line and "6 of 8 done (resuming)" in line and "to go" in line
+    assert len(fake.calls) == 1 + 2
+
+    caplog.clear()
+    fake = fake_train()
+    with caplog.at_level("INFO", logger="studies.kit.progress"):
+        run_hpo(settings(strategies=("random", "tpe"), rounds=4), tmp_path, progress=False)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "studies.kit.progress"]
+    assert "8 of 8 done" in line and "to go" not in line
+    assert fake.calls == []  # nothing left: not even the warm-up runs
+
+
+@pytest.mark.parametrize("flag", ["--torch-threads", "--threads"])
+def test_torch_threads_flag_and_its_old_spelling(flag: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_commands(parser)
+    args = parser.parse_args(["hpo", flag, "2", "--strategies", "tpe,random"])
+    s = dataclass_from_args(HpoSettings, args)
+    assert s.torch_threads == 2 and s.strategies == ("tpe", "random")
