@@ -501,6 +501,18 @@ def test_cli_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert printed == [str(out / MEASUREMENTS_CSV), str(out / SUMMARY_MD)]
 
 
+def test_an_interrupted_run_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(studies.zoo.run, "run_zoo", interrupted)
+    assert cli.main(["zoo", "--quick", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path) in err and "the same command resumes" in err
+
+
 def test_cli_help_lists_zoo_and_its_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["--help"])
