@@ -24,10 +24,8 @@ ending at that instant frees its slot for it.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import heapq
-import io
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -38,9 +36,10 @@ import numpy as np
 
 from loadgen.errors import GridError
 from loadgen.figures import RunFigures, percentiles_ms
-from loadgen.profile import CPU_SOURCES, ModelProfile
-from loadgen.sweep import GREEDY, SweepConfig
 from loadgen.trace import Trace
+from studies.kit.files import write_csv_atomic
+from studies.profile.format import CPU_SOURCES, ModelProfile
+from studies.sweep.settings import GREEDY, SweepConfig
 
 #: The server's defaults (service.config.Settings), so that a bare ``SimConfig()`` is a default server.
 DEFAULT_MAX_BATCH_SIZE = 32
@@ -440,13 +439,4 @@ def result_row(result: SimResult) -> dict[str, object]:
 
 def write_results(results: Sequence[SimResult], path: Path) -> Path:
     """Write one row per result (:data:`RESULT_COLUMNS`) as CSV, atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for result in results:
-        writer.writerow({k: "" if v is None else v for k, v in result_row(result).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_csv_atomic(path, RESULT_COLUMNS, [result_row(result) for result in results])

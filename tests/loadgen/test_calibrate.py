@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from loadgen import sweep
 from loadgen.calibrate import calibrate
 from loadgen.cli import main as loadgen_main
 from loadgen.errors import LoadgenError
 from loadgen.loadtest import SCHEMA
-from loadgen.profile import ModelProfile, ProfilePoint, profile_model, write_profile
 from loadgen.simulate import SimConfig, simulate
 from loadgen.trace import Trace, read_trace, write_trace
+from studies.profile.format import ModelProfile, ProfilePoint, write_profile
+from studies.profile.run import profile_model
+from studies.sweep.run import run_sweep
+from studies.sweep.settings import SweepSettings
+from studies.sweep.table import read_rows
 
 
 def _point(size: int, ms: float, joules: float) -> ProfilePoint:
@@ -170,10 +173,10 @@ def test_calibrated_simulator_predicts_a_real_server(
     trace_path = write_trace(Trace.from_times(i / 20 for i in range(60)), tmp_path / "trace.jsonl")
     profile = profile_model("digits_cnn", batch_sizes=(1, 2, 4, 8), warmup=2, repeats=5, min_time_s=0.2)
     profile_path = write_profile(profile, tmp_path / "profile.csv")
-    settings = sweep.SweepSettings(batch_sizes=("8", "greedy"), max_waits_ms=(100,), energy_source="estimate")
-    result = sweep.run_sweep(settings, trace_path, tmp_path / "sweep", progress=False)
+    settings = SweepSettings(batch_sizes=("8", "greedy"), max_waits_ms=(100,), energy_source="estimate")
+    result = run_sweep(settings, trace_path, tmp_path / "sweep", progress=False)
     assert result.failed == 0
-    rows = {row["key"]: row for row in sweep.read_rows(result.csv_path)}
+    rows = {row["key"]: row for row in read_rows(result.csv_path)}
     greedy, waiting = rows["digits_cnn|b8|greedy"], rows["digits_cnn|b8|w100"]
     runs = tmp_path / "sweep" / "runs"
     calibration = calibrate(profile, [runs / "digits_cnn_b8_greedy", runs / "digits_cnn_b8_w100"])

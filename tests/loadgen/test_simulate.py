@@ -18,7 +18,6 @@ import pytest
 
 from loadgen.cli import main as loadgen_main
 from loadgen.errors import GridError
-from loadgen.profile import ModelProfile, ProfilePoint, write_profile
 from loadgen.simulate import (
     RESULT_COLUMNS,
     SimConfig,
@@ -29,6 +28,7 @@ from loadgen.simulate import (
     write_results,
 )
 from loadgen.trace import Trace, write_trace
+from studies.profile.format import ModelProfile, ProfilePoint, write_profile
 
 
 def _point(size: int, latency_ms: float, energy_j: float, source: str) -> ProfilePoint:
