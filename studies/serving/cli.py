@@ -21,8 +21,9 @@ from rich.console import Console
 from studies.kit.errors import LabError
 from studies.kit.flags import add_dataclass_flags, dataclass_from_args
 from studies.kit.progress import announce
+from studies.kit.results import add_report_flag, read_json_result
 from studies.serving import run as measurement
-from studies.serving.report import read_result, render
+from studies.serving.report import RESULT_FILE, RESULT_KEYS, render
 from studies.serving.settings import BenchSettings, estimate_s, plan
 
 PROG = "python -m studies.serving"
@@ -38,12 +39,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         ),
     )
     add_dataclass_flags(parser, BenchSettings)
-    parser.add_argument(
-        "--report",
-        type=Path,
-        metavar="FILE",
-        help="print the tables of a finished run's result file (an --out of before); measure nothing",
-    )
+    add_report_flag(parser, what="a finished run's result file (an --out of before)")
     return parser
 
 
@@ -81,7 +77,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
     try:
         if args.report is not None:
-            render(read_result(args.report), console)
+            render(read_json_result(args.report, keys=RESULT_KEYS, what=RESULT_FILE), console)
             return 0
         settings = settings_from_args(args)
     except LabError as exc:

@@ -3,14 +3,45 @@ JSON), so that a run's report can be printed again without re-running (``--repor
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from studies.kit.errors import LabError
+#: What a result file holds (``--report FILE`` checks for it).
+RESULT_KEYS = ("benchmark", "settings", "machine", "offline", "served", "summary")
+RESULT_FILE = "a serving benchmark's result file"
+#: The columns of a model's table, after its batch size.
+MODEL_COLUMNS = (
+    "offline img/s",
+    "offline J/img",
+    "offline drift",
+    "served req/s",
+    "served J/req (resp | metrics)",
+    "mean batch",
+    "p50 | p99 ms",
+    "errors",
+    "other cores (off | srv)",
+    "served/offline",
+    "J ratio",
+)
+#: The columns of the diagnostics table, after the server.
+DIAGNOSTIC_COLUMNS = (
+    "max batch",
+    "in flight",
+    "req/s",
+    "batch in flight",
+    "computing",
+    "batch ms",
+    "compute ms",
+    "queue ms",
+    "server ms",
+    "server CPU ms/req",
+    "client CPU ms/req",
+    "other cores",
+    "device J/req",
+)
 
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
@@ -27,6 +58,16 @@ def _styled(verdict: str | None, text: str, noisy: bool = False) -> str:
     colour = "green" if verdict == "PASS" else "red"
     # "~": the target is within the measurement's noise, so this verdict is a coin toss.
     return f"{text} [{colour}]{verdict}{'~' if noisy else ''}[/{colour}]"
+
+
+def _table(title: str, first: str, columns: Sequence[str], *, label_first: bool = False) -> Table:
+    """A left-titled table of right-aligned figures under ``first`` and ``columns`` (``label_first``:
+    the first column holds names, left-aligned and never wrapped)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column(first, justify="left" if label_first else "right", no_wrap=label_first)
+    for header in columns:
+        table.add_column(header, justify="right")
+    return table
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -59,22 +100,7 @@ def render(report: dict[str, Any], console: Console) -> None:
             )
         else:
             title += "  (no target: report only)"
-        table = Table(title=title, title_justify="left")
-        for header in (
-            "batch",
-            "offline img/s",
-            "offline J/img",
-            "offline drift",
-            "served req/s",
-            "served J/req (resp | metrics)",
-            "mean batch",
-            "p50 | p99 ms",
-            "errors",
-            "other cores (off | srv)",
-            "served/offline",
-            "J ratio",
-        ):
-            table.add_column(header, justify="right")
+        table = _table(title, "batch", MODEL_COLUMNS)
         for row in entry["rows"]:
             table.add_row(
                 str(row["batch_size"]),
@@ -111,24 +137,9 @@ def render(report: dict[str, Any], console: Console) -> None:
             + _styled(overhead["target"], f"{overhead['ratio']:.2f}", overhead["within_noise"])
             + f" (target ≥ {overhead['min_ratio']:.2f})"
         )
-    diagnostics = Table(title="\nwhere the time goes (served points)", title_justify="left")
-    diagnostics.add_column("model", no_wrap=True)
-    for header in (
-        "max batch",
-        "in flight",
-        "req/s",
-        "batch in flight",
-        "computing",
-        "batch ms",
-        "compute ms",
-        "queue ms",
-        "server ms",
-        "server CPU ms/req",
-        "client CPU ms/req",
-        "other cores",
-        "device J/req",
-    ):
-        diagnostics.add_column(header, justify="right")
+    diagnostics = _table(
+        "\nwhere the time goes (served points)", "model", DIAGNOSTIC_COLUMNS, label_first=True
+    )
     for point in report["served"]:
         diagnostics.add_row(
             point["model"] if point["server"] == "greenserve" else f"bare FastAPI ({point['half'] or 1}/2)",
@@ -161,14 +172,3 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(
             f"[red]{summary['errors_total']} requests failed: see 'errors' in the served points[/red]"
         )
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """A result file written by a run (``--out``), to print its report again."""
-    try:
-        document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LabError(f"cannot read {path}: {exc}") from None
-    if not isinstance(document, dict) or document.get("benchmark") != "serving":
-        raise LabError(f"{path} is not a serving benchmark's result file")
-    return document

@@ -7,22 +7,22 @@ measures? Its flags are :class:`~studies.simcheck.settings.SimCheckSettings`' fi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from studies.kit.errors import LabError
 from studies.kit.flags import add_dataclass_flags, dataclass_from_args
+from studies.kit.results import add_report_flag, read_json_result
 from studies.simcheck import run as measurement
 from studies.simcheck.report import render
 from studies.simcheck.settings import SimCheckSettings
 
 PROG = "python -m studies.simcheck"
+#: What report.json holds that the table needs (``--report FILE`` checks for it).
+REPORT_KEYS = ("tolerance", "comparisons", "summary")
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -31,23 +31,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         description="Simulator validation: does greenserve simulate predict what a real sweep measures?",
     )
     add_dataclass_flags(parser, SimCheckSettings)
-    parser.add_argument(
-        "--report",
-        type=Path,
-        metavar="FILE",
-        help="print the table of a finished check's report.json; measure nothing",
-    )
+    add_report_flag(parser, what="a finished check's report.json")
     return parser
-
-
-def read_report(path: Path) -> dict[str, Any]:
-    try:
-        report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LabError(f"cannot read {path}: {exc}") from None
-    if not isinstance(report, dict) or "comparisons" not in report or "summary" not in report:
-        raise LabError(f"{path} is not a simulator check's report.json")
-    return report
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
@@ -58,7 +43,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
     try:
         if args.report is not None:
-            report = read_report(args.report)
+            report = read_json_result(
+                args.report,
+                keys=("tolerance", "comparisons", "summary"),
+                what="a simulator check's report.json",
+            )
         else:
             settings: SimCheckSettings = dataclass_from_args(SimCheckSettings, args)
             report = measurement.run(settings, console)
