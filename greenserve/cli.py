@@ -53,13 +53,13 @@ COMMANDS: tuple[Command, ...] = (
     # The inference-side studies.
     Command(
         "profile",
-        "loadgen.cli",
+        "studies.profile.cli",
         "Offline model profile: latency and J/image per batch size (no HTTP).",
         "studies",
     ),
     Command(
         "sweep",
-        "loadgen.cli",
+        "studies.sweep.cli",
         "Serve each batching configuration of a grid, replay a trace, record the figures.",
         "studies",
     ),

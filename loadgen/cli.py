@@ -1,4 +1,5 @@
-"""``greenserve trace|profile|sweep|simulate …``: the load generator's sub-command group.
+"""``greenserve trace|simulate|loadtest …``: the load generator's sub-command group (the studies that
+use it, ``profile`` and ``sweep``, are :mod:`studies`' own commands).
 
 The front door (:mod:`greenserve.cli`) hands these arguments here whole (:func:`run`), so that
 ``serve`` imports none of this. Each command lives in :mod:`loadgen.commands` with a ``register(subparsers)``
@@ -19,8 +20,6 @@ from studies.kit.errors import LabError
 #: Command name → module in loadgen.commands that registers it.
 COMMANDS = {
     "trace": "Generate, inspect and check arrival traces.",
-    "profile": "Offline model profile: latency and J/image per batch size (no HTTP).",
-    "sweep": "Serve each batching configuration of a grid, replay a trace, record the figures.",
     "simulate": "Predict a configuration's figures from a trace and a model profile (no server).",
 }
 

@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.table import Table
 
 from loadgen.errors import GridError
-from loadgen.profile import read_profile
 from loadgen.simulate import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE,
@@ -33,8 +32,9 @@ from loadgen.simulate import (
     simulate_grid,
     write_results,
 )
-from loadgen.sweep import GREEDY
 from loadgen.trace import read_trace
+from studies.profile.format import read_profile
+from studies.sweep.settings import GREEDY
 
 #: As the sweep's: greedy mode without a size to take the largest of.
 DEFAULT_GREEDY_MAX_BATCH_SIZE = 128

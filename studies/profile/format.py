@@ -1,28 +1,15 @@
-"""Offline model profiles: latency and energy per batch size, measured without HTTP.
+"""The model profile's format: :class:`ModelProfile` (latency and energy per batch size, interpolated
+at any size) and its files, CSV (one row per batch size) or JSON; a file that cannot be used is a
+:class:`~loadgen.errors.ProfileError`.
 
-A profile is the physical limit the served figures are compared with, and the simulator's
+A profile is the physical limit the served figures are compared with, and the queue simulator's
 (:mod:`loadgen.simulate`) model of the server's compute: how long a batch of ``b`` items takes and
-how many joules it costs. See ``docs/simulator.md``.
+how many joules it costs. ``greenserve profile`` (:mod:`studies.profile.run`) measures one; the
+simulator and its calibration read it from here, which imports nothing of the measurement (no
+torch, no server). See ``docs/simulator.md``.
 
-Two layers:
-
-* a generic core, :func:`energy.profile.profile_batches` (re-exported here), that times any
-  ``run_batch(batch_size)`` callable and reads its energy from an :class:`~energy.EnergySampler`.
-  It lives in ``energy/`` so that the trainer's model-zoo study (which never imports ``service``
-  or ``loadgen``) profiles plain torch modules the same way;
-* :func:`profile_model`, which loads a model exactly as the server does
-  (:func:`service.model.load_classifier`, imported lazily) and profiles ``classifier.predict`` on
-  real inputs decoded as the server decodes them, plus the per-image decode + preprocess cost.
-
-Energy is measured as the server measures it (an :class:`~energy.EnergyAccountant`): the batches
-on the device's meter (the GPU's ``nvml`` on a GPU, else the CPU meter), everything the device
-used while they ran (idle/static draw included where the meter includes it); the decode on the CPU
-side, its thread CPU time priced at the CPU meter's joules per CPU-second above idle (``rapl``,
-else ``estimate``; idle not included), never the GPU's idle draw while the CPU decodes. Each figure
-is recorded with its source and whether it includes idle draw.
-
-:class:`ModelProfile` holds the result, interpolates it at any batch size, and is saved as CSV
-(one row per batch size) or JSON; a file that cannot be used is a :class:`ProfileError`.
+Each figure is recorded with its source and whether it includes idle draw: the batches on the
+device's meter, the decode + preprocess cost on the CPU side (priced above idle).
 """
 
 from __future__ import annotations
@@ -31,70 +18,28 @@ import csv
 import dataclasses
 import io
 import json
-import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from energy.profile import (
-    DEFAULT_BATCH_SIZES,
-    DEFAULT_MIN_TIME_S,
-    DEFAULT_REPEATS,
-    DEFAULT_WARMUP,
-    BatchProfileError,
-    CallCost,
-    ProfilePoint,
-    ProfileRun,
-    check_batch_sizes,
-    check_counts,
-    cuda_synchronizer,
-    idle_phrase,
-    is_out_of_memory,
-    profile_batches,
-    profile_calls,
-    profile_thread_calls,
-    source_idle_included,
-)
+from energy.profile import ProfilePoint, idle_phrase, source_idle_included
 from loadgen.errors import ProfileError
+from studies.kit.files import write_text_atomic
 
 __all__ = [
-    "DEFAULT_BATCH_SIZES",
-    "DEFAULT_MIN_TIME_S",
-    "DEFAULT_REPEATS",
-    "DEFAULT_WARMUP",
-    "BatchProfileError",
-    "CallCost",
+    "CPU_SOURCES",
+    "CSV_COLUMNS",
     "ModelProfile",
     "ProfilePoint",
-    "ProfileRun",
-    "check_batch_sizes",
-    "cuda_synchronizer",
     "interpolate",
-    "is_out_of_memory",
-    "profile_batches",
-    "profile_calls",
-    "profile_model",
-    "profile_thread_calls",
     "read_profile",
     "write_profile",
 ]
 
-if TYPE_CHECKING:
-    from energy import EnergyAccountant
-
-logger = logging.getLogger(__name__)
-
-#: Images decoded (and cycled through) for the inputs and the decode cost.
-DEFAULT_IMAGES = 64
-#: The server's default sampler period (``energy_sample_ms``), so both read energy alike.
-SAMPLER_PERIOD_S = 0.02
 #: Sources whose meter sees the CPU work of decoding: the CPU meters a decode figure is priced by.
 CPU_SOURCES = frozenset({"rapl", "estimate", "synthetic"})
-#: How long a RAPL meter's idle power is measured before profiling (its price per CPU-second is
-#: above idle, and RAPL alone does not know its idle draw).
-DEFAULT_IDLE_S = 1.0
 
 
 # --- the profile of a served model -------------------------------------------------------------
@@ -276,7 +221,7 @@ def _cell(value: object) -> str:
 
 def write_profile(profile: ModelProfile, path: Path) -> Path:
     """Write ``profile`` as CSV (``.csv``: one row per batch size) or JSON (``.json``: everything,
-    notes included), atomically (a temporary file, then a rename)."""
+    notes included), atomically (:func:`studies.kit.files.write_text_atomic`)."""
     suffix = path.suffix.lower()
     if suffix == ".json":
         text = json.dumps(dataclasses.asdict(profile), indent=2) + "\n"
@@ -290,11 +235,7 @@ def write_profile(profile: ModelProfile, path: Path) -> Path:
         text = buffer.getvalue()
     else:
         raise ProfileError(f"{path}: unknown profile format {suffix or '(no suffix)'!r}; use .csv or .json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def read_profile(path: Path) -> ModelProfile:
@@ -479,190 +420,3 @@ def _build(
         fields["preprocess_energy_source"] = sources[0]
         fields["preprocess_idle_included"] = source_idle_included(sources[0])
     return ModelProfile(energy_source=sources[0], points=tuple(points), notes=notes, **fields)
-
-
-# --- profiling a served model ------------------------------------------------------------------
-
-
-def _default_weights(model: str) -> str | None:
-    """The embedded checkpoint for the embedded model; random weights for the rest, which costs
-    the same per batch as trained weights and needs no download (this machine may be offline)."""
-    from service.config import EMBEDDED_MODEL
-
-    if model == EMBEDDED_MODEL or model == "noop" or ":" in model:
-        return None
-    return "random"
-
-
-def profile_model(
-    model: str,
-    *,
-    weights: str | None = None,
-    device: str = "cpu",
-    batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES,
-    warmup: int = DEFAULT_WARMUP,
-    repeats: int = DEFAULT_REPEATS,
-    min_time_s: float = DEFAULT_MIN_TIME_S,
-    torch_threads: int | None = None,
-    energy_source: str = "auto",
-    watts_per_core: float | None = None,
-    image_source: str | None = None,
-    images: int = DEFAULT_IMAGES,
-    allocator: Literal["reuse", "system"] = "reuse",
-    idle_s: float = DEFAULT_IDLE_S,
-    accountant: EnergyAccountant | None = None,
-) -> ModelProfile:
-    """Profile ``model`` as greenserve would serve it: same loader, same decoding, no HTTP.
-
-    The model is loaded by :func:`service.model.load_classifier` from the server's own settings
-    (``weights=None``: the embedded checkpoint for ``digits_cnn``, random weights for torchvision
-    models, which cost the same). ``images`` payloads from ``image_source`` (a sample set,
-    ``digits`` or ``photos``, or a directory; default: the samples that suit the model) are decoded
-    with :func:`service.imaging.decode_image` and ``classifier.preprocess``, and batches cycle
-    through them, so the model sees real inputs. The decode + preprocess cost per image is measured
-    too, one image at a time in this thread (the server spreads it over its decode threads).
-
-    Energy, as the server accounts it (the module docstring): an accountant for ``energy_source``
-    (:func:`energy.create_accountant`; ``accountant`` gives one instead, whose samplers are started
-    here and which the caller closes). The batches are read from its accelerator's sampler (a GPU)
-    or else its CPU sampler; the decode is priced by its CPU side (thread CPU time × the CPU meter's
-    joules per CPU-second above idle; a RAPL meter's idle power is measured first, for ``idle_s``).
-
-    ``allocator`` is the server's setting of that name, applied to this process as the server
-    applies it (:mod:`energy.allocator`; it cannot be undone), so that the profile's batches
-    cost what the served ones do.
-
-    ``torch_threads`` is set for the duration of the call and restored afterwards (None: torch's
-    own choice, as the server's default). Raises :class:`ProfileError` for an unknown model, a bad
-    setting, an energy source that cannot start, or an image source without images.
-    """
-    from pydantic import ValidationError
-
-    from energy import SOURCE_CHOICES, EnergyError, close_accountant, create_accountant
-    from loadgen.images import ImageSourceError, default_sample_for, load_payloads
-    from service.config import Settings
-    from service.errors import ConfigurationError, GreenserveError
-    from service.imaging import DecodeLimits, decode_image
-    from service.model import load_classifier
-
-    try:
-        sizes = check_batch_sizes(batch_sizes)
-        check_counts(warmup, repeats, min_time_s)
-    except BatchProfileError as exc:
-        raise ProfileError(str(exc)) from None
-    if images < 1:
-        raise ProfileError(f"images must be >= 1, got {images}")
-    if not (math.isfinite(idle_s) and idle_s >= 0):
-        raise ProfileError(f"idle_s must be a finite number >= 0, got {idle_s!r}")
-    if energy_source not in SOURCE_CHOICES:  # before loading the model, which takes a while
-        raise ProfileError(f"unknown energy source {energy_source!r}; valid: {', '.join(SOURCE_CHOICES)}")
-    weights = weights if weights is not None else _default_weights(model)
-    try:
-        settings = Settings(
-            model=model, weights=weights, device=device, torch_threads=torch_threads, allocator=allocator
-        )
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ProfileError(f"invalid setting: {problems}") from None
-
-    import torch
-
-    from energy.allocator import configure_allocator
-
-    configure_allocator(settings.allocator)
-    threads_before = torch.get_num_threads()
-    if torch_threads is not None:
-        torch.set_num_threads(torch_threads)
-    try:
-        try:
-            classifier = load_classifier(settings)
-        except ConfigurationError as exc:
-            raise ProfileError(str(exc)) from None
-        try:
-            payloads = load_payloads(image_source or default_sample_for(model), images)
-        except ImageSourceError as exc:
-            raise ProfileError(str(exc)) from None
-        limits = DecodeLimits()
-        try:
-            inputs = [
-                classifier.preprocess(decode_image(p.body, limits, draft_size=classifier.draft_size))
-                for p in payloads
-            ]
-        except GreenserveError as exc:  # BadImageError and friends from a user's directory
-            raise ProfileError(f"cannot decode the images of {image_source!r}: {exc}") from None
-        owned = accountant is None
-        if accountant is None:
-            try:
-                accountant = create_accountant(
-                    energy_source,
-                    device=classifier.device,
-                    watts_per_core=watts_per_core,
-                    period_s=SAMPLER_PERIOD_S,
-                )
-            except (EnergyError, ValueError) as exc:
-                raise ProfileError(f"energy source {energy_source!r}: {exc}") from None
-        try:
-            for sampler in accountant.samplers:
-                sampler.start()
-            for sampler in accountant.samplers:
-                sampler.wait_ready(5.0)
-            if accountant.cpu.idle_power_w is None and idle_s > 0:
-                accountant.cpu.measure_idle(idle_s)  # RAPL: the decode is priced above idle
-            batch_sampler = accountant.accelerator or accountant.cpu
-            cursor = 0
-
-            def run_batch(size: int) -> None:
-                nonlocal cursor
-                classifier.predict([inputs[(cursor + i) % len(inputs)] for i in range(size)])
-                cursor = (cursor + size) % len(inputs)
-
-            run = profile_batches(
-                run_batch,
-                sizes,
-                warmup=warmup,
-                repeats=repeats,
-                sampler=batch_sampler,
-                min_time_s=min_time_s,
-                synchronize=cuda_synchronizer(classifier.device),
-            )
-            decode_index = 0
-
-            def decode_one() -> None:
-                nonlocal decode_index
-                body = payloads[decode_index % len(payloads)].body
-                classifier.preprocess(decode_image(body, limits, draft_size=classifier.draft_size))
-                decode_index += 1
-
-            decode = profile_thread_calls(
-                decode_one,
-                warmup=min(len(payloads), 8),
-                repeats=len(payloads),
-                accountant=accountant,
-                min_time_s=min(min_time_s, 0.5),
-            )
-        finally:
-            if owned:
-                close_accountant(accountant)
-            else:
-                for sampler in accountant.samplers:
-                    sampler.stop()
-    finally:
-        torch.set_num_threads(threads_before)
-    notes = [f"batch size {size} skipped: {reason}" for size, reason in run.skipped]
-    if not run.points:
-        raise ProfileError(f"{model}: no batch size could be profiled ({'; '.join(notes)})")
-    if decode.unknown is not None:
-        notes.append(f"decode + preprocess energy unknown: {decode.unknown}")
-    return ModelProfile(
-        model=classifier.name,
-        device=classifier.device,
-        energy_source=batch_sampler.source,
-        points=run.points,
-        weights=classifier.weights,
-        torch_threads=torch_threads,
-        preprocess_ms_per_image=decode.mean_ms,
-        preprocess_j_per_image=decode.energy_j,
-        notes=tuple(notes),
-        preprocess_energy_source=decode.energy_source,
-        preprocess_idle_included=decode.energy_idle_included,
-    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -15,21 +16,23 @@ import pytest
 
 from energy import EnergyAccountant, EnergyMeter, EnergySampler, create_meter
 from energy.cpuclock import process_cpu_s
-from energy.profile import BatchProfileError, energy_label, idle_phrase, source_idle_included
-from loadgen.cli import main as loadgen_main
-from loadgen.errors import ProfileError
-from loadgen.profile import (
-    ModelProfile,
+from energy.profile import (
+    BatchProfileError,
     ProfilePoint,
-    interpolate,
+    energy_label,
+    idle_phrase,
     is_out_of_memory,
     profile_batches,
     profile_calls,
-    profile_model,
     profile_thread_calls,
-    read_profile,
-    write_profile,
+    source_idle_included,
 )
+from loadgen.errors import ProfileError
+from studies.profile.cli import build_parser, settings_from_args
+from studies.profile.cli import run as profile_cli
+from studies.profile.format import ModelProfile, interpolate, read_profile, write_profile
+from studies.profile.run import _SizeSteps, plan, profile_model
+from studies.profile.settings import ProfileSettings
 
 
 @pytest.fixture
@@ -317,7 +320,7 @@ def test_profile_model_on_a_gpu_prices_the_decode_by_the_cpu_meter_not_the_gpu(
     } <= set(header)
     from rich.console import Console
 
-    from loadgen.commands.profile import render
+    from studies.profile.report import render
 
     render(profile, Console(width=200))
     printed = " ".join(capsys.readouterr().out.split())  # the title may wrap
@@ -502,7 +505,7 @@ def test_cli_profiles_prints_and_saves(tmp_path: Path, capsys: pytest.CaptureFix
     out = tmp_path / "profile-digits.csv"
     args = ["--model", "digits_cnn", "--batch-sizes", "1,2", "--repeats", "2", "--warmup", "1"]
     args += ["--min-time-s", "0", "--torch-threads", "1", "--energy-source", "estimate", "--image-count", "4"]
-    assert loadgen_main("profile", [*args, "--out", str(out)]) == 0
+    assert profile_cli("profile", [*args, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "digits_cnn" in printed and "estimate" in printed and "J/img" in printed
     assert "idle not included" in printed
@@ -527,9 +530,62 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     base = ["--repeats", "1", "--warmup", "0", "--min-time-s", "0", "--energy-source", "estimate"]
     if "--out" not in args:
         base += ["--out", str(tmp_path / "p.csv")]
-    assert loadgen_main("profile", [*base, *args]) == 2
+    assert profile_cli("profile", [*base, *args]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("greenserve profile: ")]
     assert len(lines) == 1 and message in lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_cli_announces_its_plan_and_takes_the_old_threads_flag(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.json"
+    args = ["--batch-sizes", "4,1", "--repeats", "1", "--warmup", "0", "--min-time-s", "0.1"]
+    args += ["--threads", "1", "--energy-source", "estimate", "--image-count", "2", "--no-progress"]
+    with caplog.at_level(logging.INFO, logger="studies.kit.progress"):
+        assert profile_cli("profile", [*args, "--out", str(out)]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("profile:")]
+    assert "digits_cnn on cpu: 2 batch sizes (1, 4) × ≥1 batches and ≥0.1 s each" in line
+    assert "then the decode of 2 images, about 0 s to go" in line
+    assert read_profile(out).torch_threads == 1  # --threads is --torch-threads
+    assert "saved" in capsys.readouterr().out
+
+
+def test_settings_from_flags_and_their_checks() -> None:
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args([])) == ProfileSettings()
+    assert ProfileSettings().out_path == Path("results/profile-digits_cnn.csv")
+    assert ProfileSettings(model="pkg.mod:make").out_path == Path("results/profile-pkg.mod_make.csv")
+    assert "[alias: --threads]" in " ".join(parser.format_help().split())
+    with pytest.raises(ProfileError, match=r"\.csv or \.json"):
+        ProfileSettings(out=Path("p.txt"))
+    with pytest.raises(ProfileError, match="repeats"):
+        ProfileSettings(repeats=0)
+    with pytest.raises(ProfileError, match="allocator"):
+        ProfileSettings(allocator="pooled")  # type: ignore[arg-type]
+    assert plan(ProfileSettings(batch_sizes=(1, 8, 8), min_time_s=2.0))[1] == pytest.approx(2 * 2.0 + 0.5)
+
+
+def test_the_progress_counts_every_size_once_even_past_out_of_memory() -> None:
+    steps: list[tuple[str, bool]] = []
+    sizes = (1, 4, 8, 16)
+    counter = _SizeSteps(lambda what, advance: steps.append((what, advance)), sizes)
+    for size in (1, 1, 1, 4, 4, 8):  # warm-up and timed batches; 8 runs out of memory, 16 never runs
+        counter.enter(size)
+    counter.finish()
+    assert sum(advance for _, advance in steps) == len(sizes)
+    assert [what for what, _ in steps[:3]] == ["batch size 1", "batch size 4", "batch size 8"]
+
+
+def test_the_front_door_runs_the_profile(tmp_path: Path) -> None:
+    from greenserve.cli import BY_NAME
+    from greenserve.cli import main as greenserve
+
+    assert BY_NAME["profile"].module == "studies.profile.cli"
+    out = tmp_path / "p.csv"
+    args = ["profile", "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--min-time-s", "0"]
+    args += ["--energy-source", "estimate", "--image-count", "2", "--no-progress", "--out", str(out)]
+    assert greenserve(args) == 0
+    assert read_profile(out).batch_sizes == (1,)
