@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from trainer.data import dataset_names
-from trainer.errors import TrainerError, check_energy_settings
-from trainer.models import model_names
+from trainer.errors import TrainerError, check_dataset_and_model, check_energy_settings
 from trainer.training import TrainConfig
 
 #: What ``quick=True`` runs: a smoke test of the whole pipeline in seconds, not a result.
@@ -83,12 +81,7 @@ class AblationSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TrainerError(f"{name} must be an integer ≥ 1, got {value!r}")
-        if self.dataset not in dataset_names():
-            raise TrainerError(
-                f"unknown dataset {self.dataset!r}; choose one of {', '.join(dataset_names())}"
-            )
-        if self.model not in model_names():
-            raise TrainerError(f"unknown model {self.model!r}; choose one of {', '.join(model_names())}")
+        check_dataset_and_model(self.dataset, self.model)
         check_energy_settings(self.energy_source, self.watts_per_core)
         self.train_config(seed=self.seed)  # TrainConfig's own checks (lr > 0, ...)
 

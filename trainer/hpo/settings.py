@@ -14,9 +14,7 @@ import sqlalchemy.engine
 import sqlalchemy.exc
 import torch
 
-from trainer.data import dataset_names
-from trainer.errors import TrainerError, check_energy_settings
-from trainer.models import model_names
+from trainer.errors import TrainerError, check_dataset_and_model, check_energy_settings
 
 #: Every strategy, in the order the summary lists them.
 STRATEGIES: tuple[str, ...] = ("bayes", "tpe", "random", "grid", "bayes+hyperband")
@@ -152,12 +150,7 @@ class HpoSettings:
             raise TrainerError(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
         if len(set(self.strategies)) != len(self.strategies):
             raise TrainerError(f"a strategy is listed twice: {', '.join(self.strategies)}")
-        if self.dataset not in dataset_names():
-            raise TrainerError(
-                f"unknown dataset {self.dataset!r}; choose one of {', '.join(dataset_names())}"
-            )
-        if self.model not in model_names():
-            raise TrainerError(f"unknown model {self.model!r}; choose one of {', '.join(model_names())}")
+        check_dataset_and_model(self.dataset, self.model)
         if self.space not in SPACES:
             raise TrainerError(
                 f"space must be 3 (lr, beta1, beta2) or 5 (+ eps, weight_decay), got {self.space!r}"
