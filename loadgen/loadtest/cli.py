@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 from loadgen.loadtest.run import run_closed, run_trace
 from loadgen.loadtest.settings import CSV_PREFIX_NAME, TRACE_NAME, LoadtestSettings
@@ -44,40 +45,39 @@ def plan(settings: LoadtestSettings, trace: Trace | None) -> str:
     return announce("loadtest", f"{what} (then the answers are awaited)", units=len(trace), estimate_s=run_s)
 
 
+class _BothLoops(TypedDict):
+    """What the closed and the open loop take alike."""
+
+    images: str | None
+    timeout_ms: float | None
+    top_k: int
+    echo: bool
+
+
 def _run(settings: LoadtestSettings) -> Path:
     """The run; the summary's path."""
+    # Locust's output is shown live (echo): make loadtest is watched.
+    common = _BothLoops(
+        images=settings.images, timeout_ms=settings.timeout_ms, top_k=settings.top_k, echo=True
+    )
     if settings.closed:
         plan(settings, None)
         summary = run_closed(
             settings.host,
             settings.out,
-            images=settings.images,
             users=settings.users or 1,
             spawn_rate=settings.spawn_rate,
             run_time_s=None if settings.stages is not None else settings.run_time_s,
             stages=settings.stages,
             stage_mode=settings.stage_mode,
             think_ms=settings.think_ms,
-            timeout_ms=settings.timeout_ms,
-            top_k=settings.top_k,
-            echo=True,
+            **common,
         )
     else:
-        trace_path = settings.trace or write_trace(
-            uniform_jitter(settings.rate, settings.jitter, settings.duration_s, seed=settings.seed),
-            settings.out / TRACE_NAME,
-        )
+        generated = uniform_jitter(settings.rate, settings.jitter, settings.duration_s, seed=settings.seed)
+        trace_path = settings.trace or write_trace(generated, settings.out / TRACE_NAME)
         plan(settings, read_trace(trace_path))
-        summary = run_trace(
-            settings.host,
-            trace_path,
-            settings.out,
-            images=settings.images,
-            timeout_ms=settings.timeout_ms,
-            top_k=settings.top_k,
-            max_s=settings.max_s,
-            echo=True,
-        )
+        summary = run_trace(settings.host, trace_path, settings.out, max_s=settings.max_s, **common)
     # Locust has printed the report (format_report) above its own tables; say where the files are.
     print(
         f"\nResults: {summary.summary_path}, {summary.request_log_path}, "

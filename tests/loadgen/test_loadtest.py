@@ -99,28 +99,10 @@ def test_result_files_are_written_atomically(tmp_path: Path) -> None:
 def test_make_loadtest_runs_a_generated_trace_as_a_module(tmp_path: Path) -> None:
     out = tmp_path / "lt"
     with server_process(tmp_path, "--no-access-log") as server:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "loadgen.loadtest",
-                "--host",
-                server.url,
-                "--images",
-                "digits",
-                "--rate",
-                "8",
-                "--duration",  # the old spelling of --duration-s
-                "1",
-                "--out",
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=180,
-            check=False,
-        )
+        make_loadtest = [sys.executable, "-m", "loadgen.loadtest", "--host", server.url, "--images", "digits"]
+        # --duration: the old spelling of --duration-s.
+        argv = [*make_loadtest, "--rate", "8", "--duration", "1", "--out", str(out)]
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=180, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loadtest: open loop, 8 arrivals over 0.8" in done.stderr  # the plan, before Locust starts
     assert f"Results: {out / 'summary.json'}" in done.stdout
