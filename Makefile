@@ -58,13 +58,13 @@ typecheck: $(STAMP)  ## mypy (strict)
 check: lint typecheck test  ## Everything CI checks
 
 bench: $(STAMP)  ## Serving benchmark: offline vs served throughput and J/image, no-op overhead
-	$(PY) -m bench.serving $(ARGS)
+	$(PY) -m studies.serving $(ARGS)
 
 bench-energy: $(STAMP)  ## Energy accounting: 0 J responses, closure on the device counter, J/request vs truth, p99/p50 (synthetic, estimate)
-	$(PY) -m bench.energy $(ARGS)
+	$(PY) -m studies.accounting $(ARGS)
 
 bench-sim: $(STAMP)  ## Simulator vs real sweep: p99 and J/request errors on 2 models x 2 traces (results/bench-sim)
-	$(PY) -m bench.sim $(ARGS)
+	$(PY) -m studies.simcheck $(ARGS)
 
 sweep: $(STAMP)  ## Batch-config sweep: serve each config, replay one trace, Pareto plot, recommendation (results/sweep)
 	$(VENV)/bin/greenserve sweep $(ARGS)
