@@ -335,7 +335,10 @@ async def get_batching(state: StateDep) -> BatchingSettings:
     response_model=BatchingSettings,
     dependencies=[AdminDep],
     responses=_errors(
-        e400="body is not JSON", e401="a bearer token is required", e422="invalid settings", e503="not ready"
+        e400="body cannot be parsed (not UTF-8 text); malformed JSON is 422",
+        e401="a bearer token is required",
+        e422="invalid settings, or malformed JSON",
+        e503="not ready",
     ),
 )
 async def put_batching(update: BatchingUpdate, state: StateDep) -> BatchingSettings:
