@@ -6,7 +6,7 @@ Power model (the estimate's, plus a constant idle draw)::
     energy(t) = idle_w × (t − start) + watts_per_core × (process CPU time(t) − CPU time at start)
 
 What makes it a test of the *accounting* rather than of a model is how it is read: like NVIDIA's
-total-energy counter (DESIGN.md, energy model: measured on an H200), the counter advances only every
+total-energy counter (measured on an H200: docs/energy.md), the counter advances only every
 ``counter_period_s`` (a "firmware" thread stores the true energy at each tick; between ticks a read
 returns the last stored value), and every read takes ``read_s`` (a sleep, so it holds no lock and
 burns no CPU, as a ctypes call into the driver releases the GIL). Code that reads this counter on
