@@ -35,7 +35,7 @@ from energy.profile import (
 from loadgen.errors import ProfileError
 from studies.kit.progress import announce, progress_bar
 from studies.profile.format import ModelProfile, write_profile
-from studies.profile.settings import DEFAULT_IDLE_S, DEFAULT_IMAGES, ProfileSettings, check_profile
+from studies.profile.settings import DEFAULT_IDLE_S, DEFAULT_IMAGES, ProfileSettings
 
 if TYPE_CHECKING:
     from energy import EnergyAccountant
@@ -138,41 +138,60 @@ def profile_model(
     :class:`ProfileError` for an unknown model, a bad setting, an energy source that cannot start,
     or an image source without images.
     """
+    settings = ProfileSettings(
+        model=model,
+        weights=weights,
+        device=device,
+        batch_sizes=tuple(batch_sizes),
+        warmup=warmup,
+        repeats=repeats,
+        min_time_s=min_time_s,
+        torch_threads=torch_threads,
+        energy_source=energy_source,
+        allocator=allocator,
+        watts_per_core=watts_per_core,
+        idle_s=idle_s,
+        images=image_source,
+        image_count=images,
+    )
+    return measure(settings, accountant=accountant, progress=progress)
+
+
+def measure(
+    settings: ProfileSettings, *, accountant: EnergyAccountant | None = None, progress: bool = False
+) -> ModelProfile:
+    """:func:`profile_model` of ``settings`` (its ``out`` aside)."""
     from energy import EnergyError, close_accountant, create_accountant
     from loadgen.images import ImageSourceError, default_sample_for, load_payloads
     from service.errors import ConfigurationError, GreenserveError
     from service.imaging import DecodeLimits, decode_image
     from service.model import load_classifier
 
-    sizes = check_profile(
-        batch_sizes,
-        warmup=warmup,
-        repeats=repeats,
-        min_time_s=min_time_s,
-        images=images,
-        idle_s=idle_s,
-        energy_source=energy_source,
-    )
-    weights = weights if weights is not None else _default_weights(model)
-    settings = _server_settings(
-        model, weights=weights, device=device, torch_threads=torch_threads, allocator=allocator
+    sizes = tuple(sorted(set(settings.batch_sizes)))
+    model, torch_threads = settings.model, settings.torch_threads
+    server = _server_settings(
+        model,
+        weights=settings.weights if settings.weights is not None else _default_weights(model),
+        device=settings.device,
+        torch_threads=torch_threads,
+        allocator=settings.allocator,
     )
 
     import torch
 
     from energy.allocator import configure_allocator
 
-    configure_allocator(settings.allocator)
+    configure_allocator(server.allocator)
     threads_before = torch.get_num_threads()
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     try:
         try:
-            classifier = load_classifier(settings)
+            classifier = load_classifier(server)
         except ConfigurationError as exc:
             raise ProfileError(str(exc)) from None
         try:
-            payloads = load_payloads(image_source or default_sample_for(model), images)
+            payloads = load_payloads(settings.images or default_sample_for(model), settings.image_count)
         except ImageSourceError as exc:
             raise ProfileError(str(exc)) from None
         limits = DecodeLimits()
@@ -182,25 +201,25 @@ def profile_model(
                 for p in payloads
             ]
         except GreenserveError as exc:  # BadImageError and friends from a user's directory
-            raise ProfileError(f"cannot decode the images of {image_source!r}: {exc}") from None
+            raise ProfileError(f"cannot decode the images of {settings.images!r}: {exc}") from None
         owned = accountant is None
         if accountant is None:
             try:
                 accountant = create_accountant(
-                    energy_source,
+                    settings.energy_source,
                     device=classifier.device,
-                    watts_per_core=watts_per_core,
+                    watts_per_core=settings.watts_per_core,
                     period_s=SAMPLER_PERIOD_S,
                 )
             except (EnergyError, ValueError) as exc:
-                raise ProfileError(f"energy source {energy_source!r}: {exc}") from None
+                raise ProfileError(f"energy source {settings.energy_source!r}: {exc}") from None
         try:
             for sampler in accountant.samplers:
                 sampler.start()
             for sampler in accountant.samplers:
                 sampler.wait_ready(5.0)
-            if accountant.cpu.idle_power_w is None and idle_s > 0:
-                accountant.cpu.measure_idle(idle_s)  # RAPL: the decode is priced above idle
+            if accountant.cpu.idle_power_w is None and settings.idle_s > 0:
+                accountant.cpu.measure_idle(settings.idle_s)  # RAPL: the decode is priced above idle
             batch_sampler = accountant.accelerator or accountant.cpu
             cursor = 0
             with progress_bar("profile", len(sizes) + 1, enabled=progress) as step:
@@ -215,10 +234,10 @@ def profile_model(
                 run = profile_batches(
                     run_batch,
                     sizes,
-                    warmup=warmup,
-                    repeats=repeats,
+                    warmup=settings.warmup,
+                    repeats=settings.repeats,
                     sampler=batch_sampler,
-                    min_time_s=min_time_s,
+                    min_time_s=settings.min_time_s,
                     synchronize=cuda_synchronizer(classifier.device),
                 )
                 steps.finish()
@@ -235,7 +254,7 @@ def profile_model(
                     warmup=min(len(payloads), 8),
                     repeats=len(payloads),
                     accountant=accountant,
-                    min_time_s=min(min_time_s, 0.5),
+                    min_time_s=min(settings.min_time_s, 0.5),
                 )
                 step("done", True)
         finally:
@@ -282,21 +301,5 @@ def run_profile(settings: ProfileSettings, *, progress: bool = True) -> tuple[Mo
     """Profile the model of ``settings`` and save it (:attr:`ProfileSettings.out_path`)."""
     what, estimate_s = plan(settings)
     announce("profile", what, units=len(set(settings.batch_sizes)), estimate_s=estimate_s)
-    profile = profile_model(
-        settings.model,
-        weights=settings.weights,
-        device=settings.device,
-        batch_sizes=settings.batch_sizes,
-        warmup=settings.warmup,
-        repeats=settings.repeats,
-        min_time_s=settings.min_time_s,
-        torch_threads=settings.torch_threads,
-        energy_source=settings.energy_source,
-        watts_per_core=settings.watts_per_core,
-        image_source=settings.images,
-        images=settings.image_count,
-        allocator=settings.allocator,
-        idle_s=settings.idle_s,
-        progress=progress,
-    )
+    profile = measure(settings, progress=progress)
     return profile, write_profile(profile, settings.out_path)

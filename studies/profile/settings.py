@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -75,15 +74,20 @@ class ProfileSettings:
     )
 
     def __post_init__(self) -> None:
-        check_profile(
-            self.batch_sizes,
-            warmup=self.warmup,
-            repeats=self.repeats,
-            min_time_s=self.min_time_s,
-            images=self.image_count,
-            idle_s=self.idle_s,
-            energy_source=self.energy_source,
-        )
+        """Every value checked before the model loads, which takes a while."""
+        try:
+            check_batch_sizes(self.batch_sizes)
+            check_counts(self.warmup, self.repeats, self.min_time_s)
+        except BatchProfileError as exc:
+            raise ProfileError(str(exc)) from None
+        if self.image_count < 1:
+            raise ProfileError(f"images must be >= 1, got {self.image_count}")
+        if not (math.isfinite(self.idle_s) and self.idle_s >= 0):
+            raise ProfileError(f"idle_s must be a finite number >= 0, got {self.idle_s!r}")
+        if self.energy_source not in SOURCE_CHOICES:
+            raise ProfileError(
+                f"unknown energy source {self.energy_source!r}; valid: {', '.join(SOURCE_CHOICES)}"
+            )
         if self.allocator not in ALLOCATORS:
             raise ProfileError(f"unknown allocator {self.allocator!r}; valid: {', '.join(ALLOCATORS)}")
         if self.out is not None and self.out.suffix.lower() not in FORMATS:
@@ -92,32 +96,6 @@ class ProfileSettings:
     @property
     def out_path(self) -> Path:
         return self.out or default_out(self.model)
-
-
-def check_profile(
-    batch_sizes: Iterable[int],
-    *,
-    warmup: int,
-    repeats: int,
-    min_time_s: float,
-    images: int,
-    idle_s: float,
-    energy_source: str,
-) -> tuple[int, ...]:
-    """The batch sizes, sorted and unique; a :class:`ProfileError` for any bad setting (checked
-    before the model loads, which takes a while)."""
-    try:
-        sizes = check_batch_sizes(batch_sizes)
-        check_counts(warmup, repeats, min_time_s)
-    except BatchProfileError as exc:
-        raise ProfileError(str(exc)) from None
-    if images < 1:
-        raise ProfileError(f"images must be >= 1, got {images}")
-    if not (math.isfinite(idle_s) and idle_s >= 0):
-        raise ProfileError(f"idle_s must be a finite number >= 0, got {idle_s!r}")
-    if energy_source not in SOURCE_CHOICES:
-        raise ProfileError(f"unknown energy source {energy_source!r}; valid: {', '.join(SOURCE_CHOICES)}")
-    return sizes
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

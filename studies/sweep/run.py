@@ -69,6 +69,23 @@ def trace_path(trace: TraceSettings, out_dir: Path) -> Path:
     return path
 
 
+def server_flags(config: SweepConfig, settings: SweepSettings) -> dict[str, object]:
+    """What ``greenserve serve`` is given for ``config`` (:func:`studies.kit.server.greenserve_argv`)."""
+    return {
+        "model": config.model,
+        "weights": weights_for(config.model, settings),
+        "device": settings.device,
+        "max_batch_size": config.max_batch_size,
+        "max_wait_ms": config.max_wait_ms,
+        "max_queue": settings.max_queue,
+        "torch_threads": settings.torch_threads,
+        "energy_source": settings.energy_source,
+        "drain_timeout_s": 10.0,
+        "access_log": False,
+        "log_level": "warning",
+    }
+
+
 def run_config(
     config: SweepConfig, settings: SweepSettings, trace_path: Path, out_dir: Path
 ) -> dict[str, Any]:
@@ -80,20 +97,7 @@ def run_config(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def argv(port: int) -> list[str]:
-        return greenserve_argv(
-            port,
-            model=config.model,
-            weights=weights_for(config.model, settings),
-            device=settings.device,
-            max_batch_size=config.max_batch_size,
-            max_wait_ms=config.max_wait_ms,
-            max_queue=settings.max_queue,
-            torch_threads=settings.torch_threads,
-            energy_source=settings.energy_source,
-            drain_timeout_s=10.0,
-            access_log=False,
-            log_level="warning",
-        )
+        return greenserve_argv(port, **server_flags(config, settings))
 
     started = time.monotonic()
     with running_server(argv, name="greenserve", workdir=run_dir, env=server_env()) as server:

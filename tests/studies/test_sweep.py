@@ -22,7 +22,7 @@ from studies.sweep.cli import run as sweep_cli
 from studies.sweep.plots import amortised_axis, attributed_axis
 from studies.sweep.points import Point, pareto, recommend, same_batches
 from studies.sweep.report import write_report
-from studies.sweep.run import OVERHEAD_S, estimate_s, run_sweep, trace_path
+from studies.sweep.run import OVERHEAD_S, estimate_s, run_sweep, server_flags, trace_path
 from studies.sweep.settings import SweepConfig, SweepSettings, TraceSettings, configurations
 from studies.sweep.table import COLUMNS, CSV_NAME
 
@@ -387,3 +387,16 @@ def test_the_front_door_runs_the_sweep(tmp_path: Path, capsys: pytest.CaptureFix
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'sundial'" in err
+
+
+def test_each_configuration_is_served_with_its_flags() -> None:
+    from studies.kit.server import greenserve_argv
+
+    settings = SweepSettings(torch_threads=2, energy_source="estimate")
+    argv = greenserve_argv(8123, **server_flags(SweepConfig("resnet18", 64, 0.0, greedy=True), settings))
+    text = " ".join(argv)
+    assert "--model resnet18 --weights random" in text  # torchvision models: random weights, no download
+    assert "--max-batch-size 64 --max-wait-ms 0" in text and "--torch-threads 2" in text
+    assert "--energy-source estimate" in text and "--no-access-log" in text
+    digits = greenserve_argv(8123, **server_flags(SweepConfig("digits_cnn", 4, 20.0), settings))
+    assert "--weights" not in digits  # the embedded checkpoint
