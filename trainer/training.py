@@ -323,13 +323,14 @@ def warm_up(
     meter: StudyEnergy,
     train_fn: Callable[..., TrainResult] | None = None,
 ) -> float:
-    """Train ``model`` for two epochs on a small slice of ``data`` and discard it; return the seconds
-    one epoch over the whole of ``data`` should take (for a study's estimate of its length).
+    """Train ``model`` for three epochs on a small slice of ``data`` and discard it; return the
+    seconds one epoch over the whole of ``data`` should take (for a study's estimate of its length).
 
     The first training in a process pays for thread-pool start-up and lazy initialisation (about
     1 s here), which would otherwise land on a study's first recorded run; the warm-up pays it
-    instead. Its second epoch, past that cost, is the steady pace, scaled by the number of samples.
-    ``train_fn`` is the study's own :func:`train` (tests replace it there).
+    instead. Its later epochs, past that cost, give the steady pace (two of them: one epoch of a
+    slice this small is a few batches, easily upset by another process), scaled by the number of
+    samples. ``train_fn`` is the study's own :func:`train` (tests replace it there).
     """
     small = dataclasses.replace(
         data,
@@ -345,9 +346,9 @@ def warm_up(
         return True
 
     (train_fn or train)(
-        model, small, dataclasses.replace(config, epochs=2, idle_s=0.0), meter=meter, on_epoch=on_epoch
+        model, small, dataclasses.replace(config, epochs=3, idle_s=0.0), meter=meter, on_epoch=on_epoch
     )
     # Stopped before its second epoch (a diverging loss): the whole warm-up is the best figure left.
-    epoch_s = marks[2] - marks[1] if len(marks) >= 3 else time.monotonic() - marks[0]
+    epoch_s = (marks[-1] - marks[1]) / (len(marks) - 2) if len(marks) >= 3 else time.monotonic() - marks[0]
     small_samples = len(small.x_train) + len(small.x_test)
     return epoch_s * (len(data.x_train) + len(data.x_test)) / max(1, small_samples)
