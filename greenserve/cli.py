@@ -69,6 +69,24 @@ COMMANDS: tuple[Command, ...] = (
         "Model-zoo study: energy per image vs accuracy of 2012-2022 networks (greenserve zoo --help).",
         "studies",
     ),
+    Command(
+        "bench",
+        "studies.serving.cli",
+        "Serving benchmark: offline vs served throughput and J/image, no-op overhead (make bench).",
+        "studies",
+    ),
+    Command(
+        "bench-energy",
+        "studies.accounting.cli",
+        "Energy accounting vs a known truth: 0 J responses, closure, J/request, p99/p50 (make bench-energy).",
+        "studies",
+    ),
+    Command(
+        "bench-sim",
+        "studies.simcheck.cli",
+        "Simulator vs real server: p99 and J/request errors (make bench-sim).",
+        "studies",
+    ),
     # The training-side studies.
     Command(
         "train",

@@ -11,7 +11,7 @@ import pytest
 from greenserve import __version__, cli
 from tests.conftest import REPO
 
-LAB_PACKAGES = ("loadgen", "trainer", "studies", "bench")
+LAB_PACKAGES = ("loadgen", "trainer", "studies")
 # (Not tqdm: torch.hub imports it when it is there.)
 LAB_DEPENDENCIES = ("optuna", "scipy", "matplotlib", "sklearn", "locust", "gevent", "rich")
 
