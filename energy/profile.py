@@ -6,9 +6,9 @@ reads its energy from an :class:`~energy.EnergySampler`'s curve over the timed l
 is an interpolation between readings, never an extrapolation). :func:`profile_thread_calls` times
 CPU-side work done in the calling thread (decoding) and prices its CPU time with an
 :class:`~energy.EnergyAccountant`'s CPU meter, as the server does, so that a GPU's idle draw meanwhile
-is never charged to it. It imports neither torch nor anything of greenserve's packages, so the load
-generator's model profile (``loadgen.profile``, a served model through the server's own loader) and
-the trainer's studies (plain torch modules) measure the same way. Bad arguments are a
+is never charged to it. It imports neither torch nor anything of greenserve's packages, so the
+model profile study (``studies.profile``, a served model through the server's own loader) and
+the zoo and the trainer's studies (plain torch modules) measure the same way. Bad arguments are a
 :class:`BatchProfileError` (an :class:`~energy.EnergyError` and a ``ValueError``).
 
 Every figure carries its source and whether it includes the devices' idle (static) draw;

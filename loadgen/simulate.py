@@ -384,7 +384,7 @@ def grid(
 ) -> list[SimConfig]:
     """Every (size, wait) combination on top of ``base``, sizes outermost, then, when
     ``greedy_max_batch_size`` is given, the sweep's greedy mode: that size with ``max_wait_ms = 0``
-    (:mod:`loadgen.sweep`), unless the combinations already hold it."""
+    (:mod:`studies.sweep`), unless the combinations already hold it."""
     waits = list(max_waits_ms)
     configs = [
         dataclasses.replace(base, max_batch_size=size, max_wait_ms=wait)
@@ -417,7 +417,7 @@ RESULT_COLUMNS = (
 def result_row(result: SimResult) -> dict[str, object]:
     """One CSV row; ``method`` is ``simulated``, to tell it from a measured sweep's rows.
 
-    ``key`` and ``mode`` are the sweep's (:class:`loadgen.sweep.SweepConfig`); a configuration with
+    ``key`` and ``mode`` are the sweep's (:class:`studies.sweep.settings.SweepConfig`); a configuration with
     ``max_wait_ms = 0`` is the sweep's greedy mode, which is what that setting does.
     """
     config = result.config
