@@ -6,8 +6,8 @@ Prometheus, configured from docker/prometheus/prometheus.yml (derived, not copie
 ``derive_config``), scrapes a real greenserve under load, and every PromQL expression of the rule files and
 of the dashboard is evaluated through its HTTP API: each must parse and return finite data, which proves
 that the names and labels they use are the ones the server exports (the metric contract in
-docs/architecture.md) — the failure a unit test on made-up series cannot see. Grafana is not available, so the dashboard's structure
-is checked here against what Grafana's provisioning needs.
+docs/architecture.md) — the failure a unit test on made-up series cannot see. Grafana is not available,
+so the dashboard's structure is checked here against what Grafana's provisioning needs.
 """
 
 from __future__ import annotations
