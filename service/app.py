@@ -29,6 +29,7 @@ from service.inference import InferenceEngine, ItemResult
 from service.metrics import Metrics
 from service.model import Classifier, load_classifier
 from service.pipeline import Pipeline
+from service.policy import read_profile_seed
 from service.recording import ArrivalRecorder, ArrivalRecordingMiddleware, recording_lifespan
 from service.state import Phase, ServerState
 from service.tasks import create_logged_task
@@ -61,13 +62,29 @@ def _build_state(settings: Settings, classifier: Classifier | None) -> ServerSta
     metrics.attach_energy(accountant)
     metrics.set_model_info(classifier.name, classifier.device, classifier.weights)
     engine = InferenceEngine(classifier, accountant, workers=settings.max_concurrent_batches)
+    seed = None
+    if settings.batching_profile is not None:
+        try:
+            seed = read_profile_seed(settings.batching_profile)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"batching_profile: {exc}") from exc
     batcher: Batcher[torch.Tensor, ItemResult] = Batcher(
         engine.run_batch,
-        BatchingConfig(settings.max_batch_size, settings.max_wait_ms, settings.max_queue),
+        BatchingConfig(
+            settings.max_batch_size,
+            settings.max_wait_ms,
+            settings.max_queue,
+            policy=settings.batching,
+            slo_p99_ms=settings.slo_p99_ms,
+        ),
         max_concurrent_batches=settings.max_concurrent_batches,
         observer=metrics,
         name=f"batcher[{classifier.name}]",
+        # The policy learns each batch's model energy (the whole batch's: every item carries it).
+        batch_energy=lambda results: results[0].batch_energy.joules if results else None,
+        policy_seed=seed,
     )
+    metrics.attach_policy(lambda: batcher.policy)
     for sampler in accountant.samplers:
         meter = sampler.meter
         logger.info(

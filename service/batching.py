@@ -5,9 +5,14 @@ a background loop groups queued items into batches and calls ``handle_batch(item
 
 Semantics (each one is tested in ``tests/service/test_batching.py``):
 
-* **Cutting a batch.** A batch is cut when ``max_batch_size`` items are queued, or when
-  ``max_wait_ms`` has passed since the *first* queued item arrived (``time.monotonic()``, never the
-  wall clock, which can jump). ``max_wait_ms == 0`` is "greedy": take whatever is queued.
+* **Cutting a batch.** A :class:`~service.policy.BatchPolicy` decides, from the queue and the
+  clock (``time.monotonic()``, never the wall clock, which can jump): the default
+  :class:`~service.policy.StaticPolicy` cuts when ``max_batch_size`` items are queued, or when
+  ``max_wait_ms`` has passed since the *first* queued item arrived (``max_wait_ms == 0`` is
+  "greedy": take whatever is queued); ``policy="adaptive"`` picks size and wait itself under
+  ``slo_p99_ms`` (:mod:`service.adaptive`). Whatever the policy, ``max_batch_size`` caps every
+  batch and the batcher alone handles deadlines, the bounded queue and the drain. The policy learns
+  from every arrival, batch (compute time and, given ``batch_energy``, its energy) and answer.
 * **Slots before batches.** With ``max_concurrent_batches`` batches already running (1 by default,
   one batch per model at a time) the loop waits for a slot *before* cutting the next batch, so
   items that arrive during a batch join the next one instead of being cut early into a small batch.
@@ -50,7 +55,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
@@ -62,6 +67,7 @@ from service.errors import (
     InvalidParameterError,
     QueueFullError,
 )
+from service.policy import POLICY_NAMES, BatchPolicy, QueueView, make_policy
 from service.tasks import create_logged_task
 
 logger = logging.getLogger(__name__)
@@ -79,8 +85,22 @@ class BatchingConfig:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    policy: str = "static"  # one of service.policy.POLICY_NAMES
+    slo_p99_ms: float | None = None  # the adaptive policies' latency objective
 
     def __post_init__(self) -> None:
+        if self.policy not in POLICY_NAMES:
+            raise InvalidParameterError(
+                f"batching must be one of {', '.join(POLICY_NAMES)}, got {self.policy!r}"
+            )
+        if self.slo_p99_ms is not None and not (
+            math.isfinite(self.slo_p99_ms) and 0 < self.slo_p99_ms <= 600_000
+        ):
+            raise InvalidParameterError(f"slo_p99_ms must be in (0, 600000], got {self.slo_p99_ms}")
+        if self.policy != "static" and self.slo_p99_ms is None:
+            raise InvalidParameterError(
+                f"batching {self.policy!r} needs slo_p99_ms, the p99 latency objective"
+            )
         if not 1 <= self.max_batch_size <= 4096:
             raise InvalidParameterError(f"max_batch_size must be in 1..4096, got {self.max_batch_size}")
         if not (math.isfinite(self.max_wait_ms) and 0 <= self.max_wait_ms <= 60_000):
@@ -210,6 +230,8 @@ class Batcher(Generic[T, R]):
         max_concurrent_batches: int = 1,
         observer: BatcherObserver | None = None,
         name: str = "batcher",
+        batch_energy: Callable[[Sequence[R]], float | None] | None = None,
+        policy_seed: Mapping[int, tuple[float, float]] | None = None,
     ) -> None:
         if max_concurrent_batches < 1:
             raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
@@ -233,6 +255,10 @@ class Batcher(Generic[T, R]):
         self._drain_accepted = 0  # items accepted after the drain began (reserved before it)
         self._drain_failed = 0  # items the drain failed with DrainingError
         self._ewma_batch_s: float | None = None
+        self._batch_energy = batch_energy
+        self._policy_seed = policy_seed
+        self._policy = self._make_policy(self._config)
+        self._regime: str | None = None
         self._observer.on_config(self._config)
 
     # --- public API --------------------------------------------------------------------------
@@ -240,6 +266,20 @@ class Batcher(Generic[T, R]):
     @property
     def config(self) -> BatchingConfig:
         return self._config
+
+    @property
+    def policy(self) -> BatchPolicy:
+        """The policy cutting batches now (replaced by :meth:`reconfigure`)."""
+        return self._policy
+
+    def _make_policy(self, config: BatchingConfig) -> BatchPolicy:
+        return make_policy(
+            config.policy,
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.max_wait_ms,
+            slo_p99_ms=config.slo_p99_ms,
+            seed=self._policy_seed,
+        )
 
     @property
     def queue_depth(self) -> int:
@@ -276,24 +316,40 @@ class Batcher(Generic[T, R]):
         max_batch_size: int | None = None,
         max_wait_ms: float | None = None,
         max_queue: int | None = None,
+        policy: str | None = None,
+        slo_p99_ms: float | None = None,
     ) -> BatchingConfig:
-        """Change settings while serving; invalid values raise and change nothing.
+        """Change settings while serving; invalid values raise and change nothing. A change of
+        policy, objective, size or wait starts a new policy (an adaptive one relearns, from its seed).
 
         Items already queued (and places already reserved) stay when ``max_queue`` shrinks below
         them; new items are refused until queued plus reserved falls below the new bound.
         """
         current = self._config
-        self._config = BatchingConfig(
+        config = BatchingConfig(
             max_batch_size=current.max_batch_size if max_batch_size is None else max_batch_size,
             max_wait_ms=current.max_wait_ms if max_wait_ms is None else max_wait_ms,
             max_queue=current.max_queue if max_queue is None else max_queue,
+            policy=current.policy if policy is None else policy,
+            slo_p99_ms=current.slo_p99_ms if slo_p99_ms is None else slo_p99_ms,
         )
+        if (config.policy, config.slo_p99_ms, config.max_batch_size, config.max_wait_ms) != (
+            current.policy,
+            current.slo_p99_ms,
+            current.max_batch_size,
+            current.max_wait_ms,
+        ):
+            self._policy = self._make_policy(config)
+            self._regime = None
+        self._config = config
         logger.info(
-            "%s reconfigured: max_batch_size=%d max_wait_ms=%g max_queue=%d",
+            "%s reconfigured: batching=%s max_batch_size=%d max_wait_ms=%g max_queue=%d slo_p99_ms=%s",
             self._name,
-            self._config.max_batch_size,
-            self._config.max_wait_ms,
-            self._config.max_queue,
+            config.policy,
+            config.max_batch_size,
+            config.max_wait_ms,
+            config.max_queue,
+            "none" if config.slo_p99_ms is None else f"{config.slo_p99_ms:g}",
         )
         self._observer.on_config(self._config)
         self._wakeup.set()  # a smaller batch size or wait may complete the batch being formed
@@ -342,6 +398,7 @@ class Batcher(Generic[T, R]):
             # (both are CLOCK_MONOTONIC), so the deadline translates directly.
             pending.timer = loop.call_at(loop.time() + (deadline - now), self._expire, key)
         self._queue[key] = pending
+        self._policy.observe_arrival(now)
         if self._draining:
             self._drain_accepted += 1
         self._observer.on_queue_depth(len(self._queue))
@@ -468,9 +525,33 @@ class Batcher(Generic[T, R]):
             self._running.add(task)
             task.add_done_callback(functools.partial(self._finish_batch, batch))
 
-    def _cutoff(self) -> float:
+    def _decide(self) -> tuple[int, float | None]:
+        """The policy's decision on the queue now: (items to cut, 0 to wait; re-decide by when)."""
         first = next(iter(self._queue.values()))
-        return first.enqueued_at + self._config.max_wait_ms / 1000
+        view = QueueView(
+            now=time.monotonic(),
+            queued=len(self._queue),
+            oldest_enqueued_at=first.enqueued_at,
+            max_batch_size=self._config.max_batch_size,
+            draining=self._draining,
+        )
+        decision = self._policy.decide(view)
+        regime = getattr(self._policy, "regime", None)
+        if regime != self._regime:
+            if self._regime is not None or regime is not None:
+                logger.info(
+                    "%s: batching policy %s changes regime %s -> %s (%s)",
+                    self._name,
+                    self._policy.name,
+                    self._regime,
+                    regime,
+                    ", ".join(f"{k}={v:.4g}" for k, v in self._policy.describe().items()),
+                )
+            self._regime = regime
+        size = min(max(decision.size, 0), view.queued, view.max_batch_size)
+        if self._draining:
+            size = min(view.queued, view.max_batch_size)  # waiting helps nobody once draining
+        return size, decision.until
 
     async def _next_batch(self) -> list[_Pending[T, R]] | None:
         """Wait for a full batch or the first item's max wait; return live items (None: stop)."""
@@ -480,20 +561,24 @@ class Batcher(Generic[T, R]):
                     return None  # and nothing more can come: no new reservations while draining
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Re-read on every wake-up: the first item may have expired or been cancelled (the
-            # wait then counts from the new first item), and the settings may have changed.
-            while (
-                self._queue
-                and len(self._queue) < self._config.max_batch_size
-                and not self._draining
-                and (remaining := self._cutoff() - time.monotonic()) > 0
-            ):
+            # Ask the policy again on every wake-up: the first item may have expired or been
+            # cancelled, items may have arrived, and the settings may have changed.
+            size = 0
+            while self._queue:
+                size, until = self._decide()
+                if size > 0:
+                    break
                 self._wakeup.clear()
+                timeout = None if until is None else until - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    timeout = 0.0005  # a policy that asks again at once: let the loop breathe
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+            if not self._queue:
+                continue
             batch: list[_Pending[T, R]] = []
             now = time.monotonic()
-            while self._queue and len(batch) < self._config.max_batch_size:
+            while self._queue and len(batch) < size:
                 _, pending = self._queue.popitem(last=False)
                 if pending.timer is not None:
                     pending.timer.cancel()
@@ -526,6 +611,11 @@ class Batcher(Generic[T, R]):
             for pending, value in zip(batch, results, strict=True):
                 _resolve(pending.future, Outcome(value, started - pending.enqueued_at, len(batch)))
             ok = True
+            finished = time.monotonic()
+            energy_j = self._batch_energy(results) if self._batch_energy is not None else None
+            self._policy.observe_batch(len(batch), started, finished - started, energy_j)
+            for pending in batch:
+                self._policy.observe_latency(finished - pending.enqueued_at, finished)
         except Exception as exc:  # (a cancelled batch's callers are failed by _finish_batch)
             for pending in batch:
                 _resolve(pending.future, exc)

@@ -91,6 +91,25 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(1024, ge=1, le=1_000_000, description="Queued requests before 429.")
     max_concurrent_batches: int = Field(1, ge=1, le=64, description="Batches computed at once.")
+    batching: Literal["static", "adaptive", "latency-adaptive"] = Field(
+        "static",
+        description=(
+            "Batching policy: 'static' (max_batch_size and max_wait_ms, as set), 'adaptive' (picks batch "
+            "size and wait for the lowest J/request with p99 under slo_p99_ms; max_batch_size is its cap), "
+            "'latency-adaptive' (waits as long as slo_p99_ms allows, ignoring energy: a baseline). "
+            "docs/adaptive.md."
+        ),
+    )
+    slo_p99_ms: float | None = Field(
+        None, gt=0, le=600_000, description="The adaptive policies' p99 latency objective (ms)."
+    )
+    batching_profile: Path | None = Field(
+        None,
+        description=(
+            "A 'greenserve profile' file (.json or .csv) seeding the adaptive policy's compute time and "
+            "energy per batch size (it keeps learning from the batches it serves)."
+        ),
+    )
     default_timeout_ms: float = Field(
         30_000, gt=0, description="Deadline for a request to start computing, when the client sets none."
     )
@@ -225,6 +244,14 @@ class Settings(BaseSettings):
                 f"host {self.host!r} is not a loopback address, and PUT /v1/batching would be open to "
                 "anyone who can reach it: set --admin-token / GREENSERVE_ADMIN_TOKEN"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> Settings:
+        if self.batching != "static" and self.slo_p99_ms is None:
+            raise ValueError(f"batching {self.batching!r} needs slo_p99_ms, the p99 latency objective (ms)")
+        if self.batching_profile is not None and not self.batching_profile.is_file():
+            raise ValueError(f"batching_profile {str(self.batching_profile)!r} does not exist")
         return self
 
     @model_validator(mode="after")

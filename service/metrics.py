@@ -13,7 +13,8 @@ scrape always sees the latest reading.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from prometheus_client import (
@@ -30,6 +31,7 @@ from prometheus_client.registry import Collector
 from energy import EnergyAccountant
 from greenserve import __version__
 from service.batching import BatchingConfig
+from service.policy import BatchPolicy
 from service.request_energy import STAGES, RequestEnergy
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -98,6 +100,53 @@ class _EnergyCollector(Collector):
         yield stage
         yield idle
         yield errors
+
+
+class _PolicyCollector(Collector):
+    """The batching policy's decisions and what it learned, as the policy describes them now."""
+
+    def __init__(self, policy: Callable[[], BatchPolicy]) -> None:
+        self._policy = policy
+
+    def collect(self) -> Iterator[Metric]:
+        policy = self._policy()
+        state = policy.describe()
+        info = GaugeMetricFamily(
+            "greenserve_batching_policy", "The batching policy in force (value 1).", labels=["policy"]
+        )
+        info.add_metric([policy.name], 1.0)
+        yield info
+        target = GaugeMetricFamily(
+            "greenserve_batching_target",
+            "The policy's current target, by param: batch_size, wait_seconds (Units: items, s).",
+            labels=["param"],
+        )
+        for param, key in (("batch_size", "target_batch_size"), ("wait_seconds", "target_wait_seconds")):
+            if key in state and math.isfinite(state[key]):
+                target.add_metric([param], state[key])
+        yield target
+        p99 = GaugeMetricFamily(
+            "greenserve_batching_p99_seconds",
+            "The adaptive policy's p99 latency (queue wait + compute): projected for its decisions, and "
+            "observed over its recent answers (Units: s).",
+            labels=["kind"],
+        )
+        for kind in ("projected", "observed"):
+            value = state.get(f"{kind}_p99_seconds")
+            if value is not None and math.isfinite(value):
+                p99.add_metric([kind], value)
+        yield p99
+        learned = GaugeMetricFamily(
+            "greenserve_batching_energy_per_image_joules",
+            "The adaptive policy's learned model energy per image, by batch size (Units: J).",
+            labels=["batch_size"],
+        )
+        table = getattr(policy, "learned", None)
+        if callable(table):
+            for size, (_, energy_j) in sorted(table().items()):
+                if energy_j is not None and math.isfinite(energy_j):
+                    learned.add_metric([str(size)], energy_j / size)
+        yield learned
 
 
 class Metrics:
@@ -188,6 +237,10 @@ class Metrics:
             ["model", "device", "weights"],
             registry=r,
         )
+
+    def attach_policy(self, policy: Callable[[], BatchPolicy]) -> None:
+        """Export the batching policy's state, read at each scrape (``policy()`` is the current one)."""
+        self.registry.register(_PolicyCollector(policy))
 
     def attach_energy(self, accountant: EnergyAccountant) -> None:
         self.registry.register(_EnergyCollector(accountant))

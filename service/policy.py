@@ -18,9 +18,17 @@ Policies:
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+#: The policies ``--batching`` selects (service.batching builds them with :func:`make_policy`).
+POLICY_NAMES = ("static", "adaptive", "latency-adaptive")
 
 
 @dataclass(frozen=True)
@@ -107,3 +115,59 @@ class StaticPolicy:
 
     def describe(self) -> dict[str, float]:
         return {"target_batch_size": float(self.max_batch_size), "target_wait_seconds": self.max_wait_s}
+
+
+def make_policy(
+    name: str,
+    *,
+    max_batch_size: int,
+    max_wait_ms: float,
+    slo_p99_ms: float | None = None,
+    seed: Mapping[int, tuple[float, float]] | None = None,
+) -> BatchPolicy:
+    """The policy ``name`` (one of :data:`POLICY_NAMES`). ``static`` uses ``max_wait_ms``; the
+    adaptive ones need ``slo_p99_ms`` and keep ``max_batch_size`` as their cap; ``seed`` maps a batch
+    size to its (compute s, energy J) from a profile, for the energy-aware one."""
+    if name == "static":
+        return StaticPolicy(max_batch_size, max_wait_ms)
+    if name not in POLICY_NAMES:
+        raise ValueError(f"unknown batching policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
+    if slo_p99_ms is None:
+        raise ValueError(f"batching policy {name!r} needs a latency objective (slo_p99_ms)")
+    from service.adaptive import AdaptivePolicy, LatencyAdaptivePolicy
+
+    if name == "adaptive":
+        return AdaptivePolicy(slo_p99_ms, max_batch_size, seed=seed)
+    return LatencyAdaptivePolicy(slo_p99_ms, max_batch_size)
+
+
+def read_profile_seed(path: Path) -> dict[int, tuple[float, float]]:
+    """Batch size → (mean compute s, energy J per batch) from a ``greenserve profile`` file (.json or
+    .csv). Only the columns a policy needs are read, so the server does not import the lab that
+    writes the file; a file without them is a ``ValueError`` naming what is missing."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        rows = data.get("points") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: not a profile (no points list)")
+    elif path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        raise ValueError(f"{path}: a profile is a .json or .csv file")
+    seed: dict[int, tuple[float, float]] = {}
+    for index, row in enumerate(rows, start=1):
+        try:
+            size = int(row["batch_size"])
+            compute_s = float(row["latency_mean_ms"]) / 1000
+            energy_j = float(row["energy_j_per_batch"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: point {index} lacks batch_size, latency_mean_ms or energy_j_per_batch ({exc})"
+            ) from None
+        if size < 1 or not (math.isfinite(compute_s) and compute_s > 0 and math.isfinite(energy_j)):
+            raise ValueError(f"{path}: point {index} has an unusable size, time or energy")
+        seed[size] = (compute_s, energy_j)
+    if not seed:
+        raise ValueError(f"{path}: the profile has no points")
+    return seed

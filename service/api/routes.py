@@ -7,7 +7,7 @@ import asyncio
 import math
 import time
 from collections.abc import Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -73,9 +73,18 @@ class ClassifyResponse(BaseModel):
 
 
 class BatchingSettings(BaseModel):
-    max_batch_size: int
-    max_wait_ms: float
+    max_batch_size: int = Field(description="Largest batch (the adaptive policies' cap).")
+    max_wait_ms: float = Field(description="The static policy's wait after a batch's first request.")
     max_queue: int
+    batching: str = Field("static", description="The policy: static, adaptive or latency-adaptive.")
+    slo_p99_ms: float | None = Field(None, description="The adaptive policies' p99 latency objective.")
+    policy_state: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "What the policy decides now: target_batch_size, target_wait_seconds, and for the adaptive "
+            "ones projected_p99_seconds, observed_p99_seconds (NaN until known is left out)."
+        ),
+    )
 
 
 class BatchingUpdate(BaseModel):
@@ -84,6 +93,8 @@ class BatchingUpdate(BaseModel):
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
     max_queue: int | None = None
+    batching: Literal["static", "adaptive", "latency-adaptive"] | None = None
+    slo_p99_ms: float | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -320,8 +331,14 @@ async def model_info(state: StateDep) -> dict[str, Any]:
 
 def _batching(state: ServerState) -> BatchingSettings:
     config = state.batcher.config
+    described = state.batcher.policy.describe()
     return BatchingSettings(
-        max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, max_queue=config.max_queue
+        max_batch_size=config.max_batch_size,
+        max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue,
+        batching=config.policy,
+        slo_p99_ms=config.slo_p99_ms,
+        policy_state={k: v for k, v in described.items() if math.isfinite(v)},
     )
 
 
@@ -344,6 +361,10 @@ async def get_batching(state: StateDep) -> BatchingSettings:
 async def put_batching(update: BatchingUpdate, state: StateDep) -> BatchingSettings:
     """Change batching settings at runtime; invalid values change nothing (422)."""
     state.batcher.reconfigure(
-        max_batch_size=update.max_batch_size, max_wait_ms=update.max_wait_ms, max_queue=update.max_queue
+        max_batch_size=update.max_batch_size,
+        max_wait_ms=update.max_wait_ms,
+        max_queue=update.max_queue,
+        policy=update.batching,
+        slo_p99_ms=update.slo_p99_ms,
     )
     return _batching(state)

@@ -284,6 +284,9 @@ async def test_batching_settings_get_put_and_token() -> None:
             "max_batch_size": 8,
             "max_wait_ms": 2.0,
             "max_queue": 1024,
+            "batching": "static",
+            "slo_p99_ms": None,
+            "policy_state": {"target_batch_size": 8.0, "target_wait_seconds": 0.002},
         }
         assert_error(await client.put("/v1/batching", json={"max_batch_size": 4}), 401, "unauthorized")
         wrong = {"authorization": "Bearer nope"}
@@ -292,7 +295,16 @@ async def test_batching_settings_get_put_and_token() -> None:
         )
         auth = {"authorization": "Bearer s3cret"}
         ok = await client.put("/v1/batching", json={"max_batch_size": 4, "max_wait_ms": 0}, headers=auth)
-        assert ok.json() == {"max_batch_size": 4, "max_wait_ms": 0.0, "max_queue": 1024}
+        assert {k: ok.json()[k] for k in ("max_batch_size", "max_wait_ms", "max_queue", "batching")} == {
+            "max_batch_size": 4,
+            "max_wait_ms": 0.0,
+            "max_queue": 1024,
+            "batching": "static",
+        }
+        # A latency-adaptive policy needs its objective; refused without, taken with one.
+        no_slo = await client.put("/v1/batching", json={"batching": "latency-adaptive"}, headers=auth)
+        assert_error(no_slo, 422, "invalid_parameter")
+        assert (await client.get("/v1/batching")).json()["batching"] == "static"
         bad = await client.put("/v1/batching", json={"max_batch_size": 0}, headers=auth)
         assert_error(bad, 422, "invalid_parameter")
         unknown = await client.put("/v1/batching", json={"batch": 3}, headers=auth)
