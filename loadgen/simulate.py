@@ -9,7 +9,10 @@ simulated: nothing sleeps, and a trace of 10 000 arrivals takes a few tens of mi
 The batcher's rules, as simulated (``docs/simulator.md`` has the model and what it ignores):
 
 * a batch is cut when ``max_batch_size`` items are queued, or ``max_wait_ms`` after the arrival of
-  the *first* queued item; ``max_wait_ms == 0`` takes whatever is queued;
+  the *first* queued item; ``max_wait_ms == 0`` takes whatever is queued. Given a ``policy``
+  (:class:`~service.policy.BatchPolicy`, the server's own objects), every cut is the policy's
+  decision instead, asked on the simulated clock, and the policy learns from simulated arrivals,
+  batches and answers as it does in the server;
 * slots before batches: with ``max_concurrent_batches`` batches running, nothing is cut until one
   ends, so arrivals during a batch join the next one;
 * a request that finds ``max_queue`` items waiting is rejected (429) and never queued;
@@ -37,6 +40,7 @@ import numpy as np
 from loadgen.errors import GridError
 from loadgen.figures import RunFigures, percentiles_ms
 from loadgen.trace import Trace
+from service.policy import BatchPolicy, QueueView
 from studies.kit.files import write_csv_atomic
 from studies.profile.format import CPU_SOURCES, ModelProfile
 from studies.sweep.settings import GREEDY, SweepConfig
@@ -46,6 +50,10 @@ DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_QUEUE = 1024
 DEFAULT_TIMEOUT_MS = 30_000.0
+
+#: A policy that waits until a moment already past is asked again this much later, as the server's
+#: batcher does (service.batching: "let the loop breathe"), so that it cannot stall simulated time.
+POLICY_RETRY_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,12 @@ class SimResult:
     arrival's simulated HTTP status (200, 429 or 504). ``figures.energy_source`` is the profile's
     source (with the decode's CPU meter when the decode is charged: ``nvml+rapl``), and
     ``figures.j_per_request_label`` says what the prediction holds; there is no amortised figure.
+
+    Each batch's ``start_s`` is the moment it was cut, that is, when the cut was decided: the batch
+    size over time is ``[(b.start_s, b.size) for b in batches]``. With a policy, ``batching`` is its
+    name and ``policy_states`` holds its ``describe()`` right after each cut, one per batch (its
+    target size and wait over time); without one, ``batching`` is ``"static"`` (the configuration's
+    rule) and ``policy_states`` is empty.
     """
 
     config: SimConfig
@@ -192,6 +206,8 @@ class SimResult:
     device: str
     #: First arrival to last response (seconds); the throughput's denominator.
     duration_s: float
+    batching: str = "static"
+    policy_states: tuple[dict[str, float], ...] = ()
 
     @property
     def busy_fraction(self) -> float:
@@ -202,11 +218,26 @@ class SimResult:
         return sum(b.end_s - b.start_s for b in self.batches) / self.duration_s
 
 
-def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimConfig) -> SimResult:
+def simulate(
+    trace: Trace | Sequence[float],
+    profile: ModelProfile,
+    config: SimConfig,
+    policy: BatchPolicy | None = None,
+) -> SimResult:
     """Run ``trace`` through the batcher described by ``config``, with ``profile``'s costs.
 
     ``trace`` may be plain arrival times (seconds, non-decreasing; else a :class:`TraceError`).
-    Deterministic: the same inputs give the same result.
+    Deterministic: the same inputs give the same result (a policy must be fresh, or in the same
+    state, for that: it learns, and the simulation changes it).
+
+    ``policy``: when given, it decides every cut, as the server's batcher asks it (when a slot is
+    free and something is queued: after every event, and at the ``until`` of its last wait), with
+    ``config.max_batch_size`` as the cap; ``config.max_wait_ms`` is then unused. It is told every
+    queue entry (``observe_arrival``), every batch at its end (``observe_batch``: the simulated
+    compute time and the batch's model energy, without the per-request overheads) and every answer
+    (``observe_latency``: queue entry to batch end, what the server's batcher sees), all on the
+    simulated clock. ``None``: the configuration's static rule, which is what
+    ``StaticPolicy(config.max_batch_size, config.max_wait_ms)`` decides too, to the bit.
     """
     times = trace.times if isinstance(trace, Trace) else Trace.from_times(trace).times
     n = len(times)
@@ -235,6 +266,8 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
     rank = [0] * n  # position in its batch: the order its response is sent in
     queue: deque[int] = deque()
     running: list[tuple[float, int]] = []  # heap of (end time, batch index)
+    wake = math.inf  # with a policy: when it asked to decide again, if still waiting
+    states: list[dict[str, float]] = []
     starts: list[float] = []
     ends: list[float] = []
     sizes: list[int] = []
@@ -242,6 +275,60 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
     free = config.max_concurrent_batches
     arrival = 0  # index of the next arrival to enter the queue
     now = -math.inf
+
+    def _cut_batch(size: int) -> None:
+        """Cut the ``size`` oldest queued items into a batch now, on a free slot."""
+        nonlocal free
+        end = now + service_s[size] * (1.0 if rng is None else float(rng.gamma(shape, 1.0 / shape)))
+        members.append([])
+        for position in range(size):
+            item = queue.popleft()
+            status[item] = 200
+            done_s[item] = end
+            rank[item] = position
+            members[-1].append(item)
+        heapq.heappush(running, (end, len(starts)))
+        starts.append(now)
+        ends.append(end)
+        sizes.append(size)
+        # Each request carries its own decode and serving energy (the server's whole-cost
+        # attribution): its batch's energy is the model's plus that, size times.
+        energies.append(batch_j[size] + overhead_j * size)
+        free -= 1
+        if policy is not None:
+            states.append(policy.describe())
+
+    def _decide(policy: BatchPolicy, *, draining: bool) -> int:
+        """The policy's decision now, as the server's batcher takes it: the items to cut, capped by
+        the queue and ``max_batch_size`` (everything when draining), or 0 and ``wake`` set."""
+        nonlocal wake
+        view = QueueView(
+            now=now,
+            queued=len(queue),
+            oldest_enqueued_at=enqueue[queue[0]],
+            max_batch_size=size_limit,
+            draining=draining,
+        )
+        decision = policy.decide(view)
+        if draining:
+            return min(view.queued, size_limit)
+        size = min(max(decision.size, 0), view.queued, size_limit)
+        if not size:
+            until = math.inf if decision.until is None else decision.until
+            wake = until if until > now else now + POLICY_RETRY_S
+        return size
+
+    def _observe_end(policy: BatchPolicy, index: int) -> None:
+        """Tell the policy that batch ``index`` ended now: its compute time and model energy (as
+        the post-run pass below prices it), then each of its answers."""
+        size, duration = sizes[index], ends[index] - starts[index]
+        energy = batch_j[size]
+        if config.energy_follows_time:
+            energy = config.energy_scale * power_w[size] * duration
+        policy.observe_batch(size, starts[index], duration, energy)
+        for item in members[index]:
+            policy.observe_latency(ends[index] - enqueue[item], ends[index])
+
     while True:
         # The next instant anything happens.
         upcoming = running[0][0] if running else math.inf
@@ -249,17 +336,26 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
             upcoming = min(upcoming, enqueue[arrival])
         if queue:
             upcoming = min(upcoming, deadline[queue[0]])
-            if free:
+            if free and policy is not None:
+                upcoming = min(upcoming, wake)
+            elif free:
                 first = queue[0]
                 cut = now if len(queue) >= size_limit else max(now, enqueue[first] + wait_s)
                 upcoming = min(upcoming, cut)
         if upcoming == math.inf:
+            if policy is not None and queue and free:
+                # The policy waits for a change that cannot come (no arrival, batch or deadline is
+                # left): the server would hold these until it shuts down, and its drain cuts them.
+                _cut_batch(_decide(policy, draining=True))
+                continue
             break
         now = upcoming
         # 1. Batches that end now free their slots.
         while running and running[0][0] <= now:
-            heapq.heappop(running)
+            _, ended = heapq.heappop(running)
             free += 1
+            if policy is not None:
+                _observe_end(policy, ended)
         # 2. Deadlines that pass now: with one timeout for all, the front of the queue expires first.
         while queue and deadline[queue[0]] <= now:
             status[queue.popleft()] = 504
@@ -271,6 +367,8 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
                 status[arrival] = 504  # the deadline passed while decoding (pre_queue_ms ≥ timeout)
             else:
                 queue.append(arrival)
+                if policy is not None:
+                    policy.observe_arrival(now)
             if running and arrival_delay_s:
                 # Decoding and HTTP lengthen the batch computing now (the latest when several are).
                 latest = max(index for _, index in running)
@@ -281,31 +379,27 @@ def simulate(trace: Trace | Sequence[float], profile: ModelProfile, config: SimC
                     running = [(ends[index], index) for _, index in running]
                     heapq.heapify(running)
             arrival += 1
-        # 4. Cuts: while a slot is free and a batch is full or its first item's wait is over.
-        while free and queue and (len(queue) >= size_limit or enqueue[queue[0]] + wait_s <= now):
-            size = min(size_limit, len(queue))
-            end = now + service_s[size] * (1.0 if rng is None else float(rng.gamma(shape, 1.0 / shape)))
-            members.append([])
-            for position in range(size):
-                item = queue.popleft()
-                status[item] = 200
-                done_s[item] = end
-                rank[item] = position
-                members[-1].append(item)
-            heapq.heappush(running, (end, len(starts)))
-            starts.append(now)
-            ends.append(end)
-            sizes.append(size)
-            # Each request carries its own decode and serving energy (the server's whole-cost
-            # attribution): its batch's energy is the model's plus that, size times.
-            energies.append(batch_j[size] + overhead_j * size)
-            free -= 1
+        # 4. Cuts: while a slot is free and a batch is full or its first item's wait is over (or,
+        # with a policy, while it says cut).
+        if policy is not None:
+            wake = math.inf
+            while free and queue:
+                size = _decide(policy, draining=False)
+                if not size:
+                    break
+                _cut_batch(size)
+        else:
+            while free and queue and (len(queue) >= size_limit or enqueue[queue[0]] + wait_s <= now):
+                _cut_batch(min(size_limit, len(queue)))
     if config.energy_follows_time:
         for index, size in enumerate(sizes):
             charged = energies[index] - batch_j[size]  # per-request overheads charged to it
             duration = ends[index] - starts[index]
             energies[index] = config.energy_scale * power_w[size] * duration + charged
-    return _result(times, status, done_s, rank, starts, ends, sizes, energies, profile, config)
+    result = _result(times, status, done_s, rank, starts, ends, sizes, energies, profile, config)
+    if policy is None:
+        return result
+    return dataclasses.replace(result, batching=policy.name, policy_states=tuple(states))
 
 
 def _result(

@@ -19,6 +19,7 @@ import pytest
 from loadgen.cli import main as loadgen_main
 from loadgen.errors import GridError
 from loadgen.simulate import (
+    POLICY_RETRY_S,
     RESULT_COLUMNS,
     SimConfig,
     SimResult,
@@ -27,7 +28,8 @@ from loadgen.simulate import (
     simulate_grid,
     write_results,
 )
-from loadgen.trace import Trace, write_trace
+from loadgen.trace import Trace, bursty, poisson, write_trace
+from service.policy import Decision, QueueView, StaticPolicy
 from studies.profile.format import ModelProfile, ProfilePoint, write_profile
 
 
@@ -373,3 +375,227 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("greenserve simulate: ")]
     assert len(lines) == 1 and message in lines[0]
+
+
+# --- the server's batching policies on simulated time ------------------------------------------
+
+
+def same_run(a: SimResult, b: SimResult) -> bool:
+    """The same simulated run, to the bit (the policy's own fields aside)."""
+    return (a.figures, a.batches, a.latencies_s, a.statuses, a.duration_s) == (
+        b.figures,
+        b.batches,
+        b.latencies_s,
+        b.statuses,
+        b.duration_s,
+    )
+
+
+def rising_latency() -> ModelProfile:
+    """Batches take 5 ms + 0.5 ms per image and cost 0.5 J + 0.05 J per image: batching saves energy."""
+    points = (_point(1, 5.5, 0.55, "rapl"), _point(64, 37.0, 3.7, "rapl"))
+    return ModelProfile(model="m", device="cpu", energy_source="rapl", points=points)
+
+
+POLICY_TRACES = {
+    "every 10 ms": Trace.from_times(every_10_ms(40)),
+    "simultaneous": Trace.from_times([0.0] * 9 + [0.05] * 7),
+    "poisson": poisson(150.0, 4.0, seed=3),
+    "bursty": bursty(600.0, 5.0, 0.3, 0.7, 6.0, seed=5),
+    "overloading bursts": bursty(2000.0, 5.0, 0.3, 0.7, 6.0, seed=5),  # 429s and 504s
+}
+
+POLICY_CONFIGS = {
+    "b4 w50": SimConfig(max_batch_size=4, max_wait_ms=50),
+    "greedy": SimConfig(max_batch_size=32, max_wait_ms=0),
+    "b8 w0.3": SimConfig(max_batch_size=8, max_wait_ms=0.3),
+    "two slots, deadlines, small queue": SimConfig(
+        max_batch_size=4, max_wait_ms=7, max_concurrent_batches=2, timeout_ms=20, max_queue=12
+    ),
+    "calibrated costs": SimConfig(
+        max_batch_size=32,
+        max_wait_ms=20,
+        compute_scale=1.4,
+        batch_overhead_ms=0.7,
+        pre_queue_ms=1.3,
+        service_cv=0.5,
+        seed=11,
+        timeout_ms=60,
+        arrival_delay_ms=0.2,
+        energy_follows_time=True,
+        overhead_j_per_request=0.01,
+        post_batch_samples_ms=(0.5, 1.0, 4.0),
+        post_per_rank_ms=0.3,
+    ),
+}
+
+
+@pytest.mark.parametrize("trace_name", list(POLICY_TRACES))
+@pytest.mark.parametrize("config_name", list(POLICY_CONFIGS))
+def test_static_policy_is_the_static_rule_to_the_bit(trace_name: str, config_name: str) -> None:
+    trace, config = POLICY_TRACES[trace_name], POLICY_CONFIGS[config_name]
+    for profile in (constant_latency(), rising_latency()):
+        plain = simulate(trace, profile, config)
+        policy = StaticPolicy(config.max_batch_size, config.max_wait_ms)
+        with_policy = simulate(trace, profile, config, policy=policy)
+        assert same_run(plain, with_policy)
+        assert (plain.batching, plain.policy_states) == ("static", ())
+        assert with_policy.batching == "static"
+        assert len(with_policy.policy_states) == len(with_policy.batches) > 0
+        assert with_policy.policy_states[0] == policy.describe()
+
+
+def test_a_different_static_policy_changes_the_run() -> None:
+    # The policy decides, not the configuration: StaticPolicy(4, 50) on a configuration saying 8 / 0
+    # is test_full_batches_cut_by_size's run, with the configuration's cap of 8 above its 4.
+    trace = every_10_ms(12)
+    result = simulate(
+        trace, constant_latency(), SimConfig(max_batch_size=8, max_wait_ms=0), StaticPolicy(4, 50)
+    )
+    assert batches(result) == [(30, 55, 4), (70, 95, 4), (110, 135, 4)]
+    assert same_run(result, simulate(trace, constant_latency(), SimConfig(max_batch_size=4, max_wait_ms=50)))
+
+
+class Recording:
+    """A test policy: cut ``size`` items once that many wait, else wait until ``wait_s`` after the
+    oldest arrival (``until_none``: wait for a change, with no deadline), and record every call."""
+
+    name = "recording"
+
+    def __init__(self, size: int, wait_s: float, *, until_none: bool = False) -> None:
+        self.size, self.wait_s, self.until_none = size, wait_s, until_none
+        self.views: list[QueueView] = []
+        self.arrivals: list[float] = []
+        self.batches: list[tuple[int, float, float, float | None]] = []
+        self.latencies: list[tuple[float, float]] = []
+
+    def decide(self, view: QueueView) -> Decision:
+        self.views.append(view)
+        if view.queued >= self.size or view.now >= view.oldest_enqueued_at + self.wait_s:
+            return Decision.cut(self.size)  # may exceed the queue or the cap: the simulator clamps it
+        return Decision.wait(None if self.until_none else view.oldest_enqueued_at + self.wait_s)
+
+    def observe_arrival(self, at: float) -> None:
+        self.arrivals.append(at)
+
+    def observe_batch(self, size: int, started_at: float, compute_s: float, energy_j: float | None) -> None:
+        self.batches.append((size, started_at, compute_s, energy_j))
+
+    def observe_latency(self, latency_s: float, at: float) -> None:
+        self.latencies.append((latency_s, at))
+
+    def describe(self) -> dict[str, float]:
+        return {
+            "target_batch_size": float(self.size),
+            "target_wait_seconds": self.wait_s,
+            "seen": len(self.views),
+        }
+
+
+def r(values: list[float] | tuple[float, ...]) -> list[float]:
+    return [round(v * 1000, 6) for v in values]
+
+
+def test_a_policy_decides_and_learns_on_simulated_time() -> None:
+    # Cut 3, or 25 ms after the oldest; 25 ms batches (1 + 0.1 × b J); queue entry 2 ms after arrival.
+    # Entries at 2, 12, …, 62. At 22 three wait: [2, 12, 22] runs 22-47. 32 and 42 queue meanwhile
+    # (not asked: no slot); at 47 the oldest (32) has waited 15 ms: wait until 57; at 52 three wait:
+    # [32, 42, 52] runs 52-77. At 77 the oldest (62) has waited 15 ms: wait until 87, cut [62] then.
+    policy = Recording(3, 0.025)
+    config = SimConfig(max_batch_size=8, max_wait_ms=0, pre_queue_ms=2)
+    result = simulate(every_10_ms(7), constant_latency(), config, policy=policy)
+    assert batches(result) == [(22, 47, 3), (52, 77, 3), (87, 112, 1)]
+    assert result.batching == "recording"
+    assert [state["seen"] for state in result.policy_states] == [3, 5, 7]  # describe() right after each cut
+    asked = [(ms([v.now])[0], v.queued, ms([v.oldest_enqueued_at])[0]) for v in policy.views]
+    assert asked == [(2, 1, 2), (12, 2, 2), (22, 3, 2), (47, 2, 32), (52, 3, 32), (77, 1, 62), (87, 1, 62)]
+    assert all(view.max_batch_size == 8 and not view.draining for view in policy.views)
+    assert ms(policy.arrivals) == [2, 12, 22, 32, 42, 52, 62]
+    told = [
+        (size, *ms([start, compute]), round(energy or 0, 9))
+        for size, start, compute, energy in policy.batches
+    ]
+    assert told == [
+        (3, 22, 25, 1.3),
+        (3, 52, 25, 1.3),
+        (1, 87, 25, 1.1),
+    ]
+    # Each answer at its batch's end, with its latency from queue entry (what the server's batcher sees).
+    answers = [tuple(ms([latency, at])) for latency, at in policy.latencies]
+    assert answers == [(45, 47), (35, 47), (25, 47), (45, 77), (35, 77), (25, 77), (50, 112)]
+    # The figures' latencies are from arrival: 2 ms more.
+    assert ms(result.latencies_s) == [47, 37, 27, 47, 37, 27, 52]
+
+
+def test_a_policy_that_waits_is_woken_at_its_until() -> None:
+    # Cut 10 (never reached), or 30 ms after the oldest: arrivals at 0, 10, 20 wait until 30 exactly.
+    policy = Recording(10, 0.030)
+    result = simulate([0.0, 0.01, 0.02], constant_latency(), SimConfig(max_batch_size=32), policy=policy)
+    assert batches(result) == [(30, 55, 3)]
+    assert [round(v.now * 1000, 6) for v in policy.views] == [0, 10, 20, 30]
+
+
+def test_a_policy_cut_is_capped_by_the_queue_and_max_batch_size() -> None:
+    # The policy asks for 10 at once; the cap is 4: [0,0,0,0] then [0,0] at 25 (it asks for 10 of 2).
+    policy = Recording(1, 0.0)
+    policy.size = 10
+    result = simulate([0.0] * 6, constant_latency(), SimConfig(max_batch_size=4), policy=policy)
+    assert batches(result) == [(0, 25, 4), (25, 50, 2)]
+
+
+def test_energy_told_to_the_policy_follows_the_batch_time() -> None:
+    # energy_follows_time: 2 × (power at size 1: 1.1 J / 25 ms) × the batch's 37.5 ms (compute_scale 1.5).
+    policy = Recording(1, 0.0)
+    config = SimConfig(max_batch_size=4, energy_scale=2.0, compute_scale=1.5, energy_follows_time=True)
+    result = simulate([0.0], constant_latency(), config, policy=policy)
+    (size, _, compute_s, energy_j) = policy.batches[0]
+    assert size == 1
+    assert compute_s == pytest.approx(0.0375)
+    assert energy_j == pytest.approx(2 * 1.1 / 0.025 * 0.0375) == pytest.approx(result.batches[0].energy_j)
+
+
+def test_a_policy_asking_again_at_once_does_not_stall_time() -> None:
+    class Impatient(Recording):
+        def decide(self, view: QueueView) -> Decision:
+            self.views.append(view)
+            if view.now >= view.oldest_enqueued_at + self.wait_s:
+                return Decision.cut(view.queued)
+            return Decision.wait(view.now)  # "ask me again now", as the server's loop breathes
+
+    policy = Impatient(1, 0.002)
+    result = simulate([0.0], constant_latency(), SimConfig(max_batch_size=4), policy=policy)
+    # Asked at 0, then every POLICY_RETRY_S (0.5 ms) until 2 ms have passed, and cut then.
+    assert ms([view.now for view in policy.views]) == [round(k * POLICY_RETRY_S * 1000, 6) for k in range(5)]
+    assert ms([result.batches[0].start_s]) == [2.0]
+
+
+def test_a_policy_waiting_for_nothing_is_drained_at_the_end() -> None:
+    # Waits for a fourth request that never comes, with no deadline: the last event is the arrival
+    # at 20; as a server shutting down, the batcher drains the queue then, asking with draining set.
+    policy = Recording(4, 10.0, until_none=True)
+    config = SimConfig(max_batch_size=8, timeout_ms=None)
+    result = simulate([0.0, 0.01, 0.02], constant_latency(), config, policy=policy)
+    assert batches(result) == [(20, 45, 3)]
+    assert policy.views[-1].draining and result.figures.completed == 3
+    # With a deadline the waiting requests expire first, as in the server (504).
+    policy = Recording(4, 10.0, until_none=True)
+    expired = simulate([0.0, 0.01], constant_latency(), SimConfig(timeout_ms=100), policy=policy)
+    assert expired.statuses == (504, 504) and not expired.batches
+
+
+def test_adaptive_policy_keeps_p99_under_its_objective_on_steady_poisson() -> None:
+    adaptive = pytest.importorskip("service.adaptive")
+    profile = rising_latency()
+    seed = {b: (profile.latency_s(b), profile.energy_j(b)) for b in profile.batch_sizes}
+    trace = poisson(100.0, 60.0, seed=7)
+    config = SimConfig(max_batch_size=64)
+    slo_ms = 100.0
+    result = simulate(trace, profile, config, policy=adaptive.AdaptivePolicy(slo_ms, 64, seed=seed))
+    f = result.figures
+    assert f.completed == f.requests
+    assert f.latency_p99_ms is not None and f.latency_p99_ms <= slo_ms
+    assert result.batching == "adaptive" and len(result.policy_states) == len(result.batches)
+    # It batches to save energy: fewer joules per request than cutting greedily at this load.
+    greedy = simulate(trace, profile, SimConfig(max_batch_size=64, max_wait_ms=0))
+    assert f.j_per_request is not None and greedy.figures.j_per_request is not None
+    assert f.j_per_request < greedy.figures.j_per_request
