@@ -31,7 +31,7 @@ import dataclasses
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -463,10 +463,23 @@ def _result(
 
 
 def simulate_grid(
-    trace: Trace | Sequence[float], profile: ModelProfile, configs: Iterable[SimConfig]
+    trace: Trace | Sequence[float],
+    profile: ModelProfile,
+    configs: Iterable[SimConfig],
+    policy: Callable[[SimConfig], BatchPolicy] | None = None,
 ) -> list[SimResult]:
-    """:func:`simulate` for each configuration, in order."""
-    return [simulate(trace, profile, config) for config in configs]
+    """:func:`simulate` for each configuration, in order; ``policy`` (when given) makes a fresh
+    policy for each configuration, since a policy learns from the run it decides."""
+    return [
+        simulate(trace, profile, config, None if policy is None else policy(config)) for config in configs
+    ]
+
+
+def profile_seed(profile: ModelProfile) -> dict[int, tuple[float, float]]:
+    """Batch size → (mean compute s, energy J per batch) at each of the profile's sizes: what a
+    server started with ``--batching-profile`` on this profile's file seeds its policy with
+    (:func:`service.policy.read_profile_seed`)."""
+    return {size: (profile.latency_s(size), profile.energy_j(size)) for size in profile.batch_sizes}
 
 
 def grid(
@@ -505,6 +518,7 @@ RESULT_COLUMNS = (
     *(f.name for f in dataclasses.fields(SimConfig)),
     *RunFigures.field_names(),
     "busy_fraction",
+    "batching",
 )
 
 
@@ -512,15 +526,21 @@ def result_row(result: SimResult) -> dict[str, object]:
     """One CSV row; ``method`` is ``simulated``, to tell it from a measured sweep's rows.
 
     ``key`` and ``mode`` are the sweep's (:class:`studies.sweep.settings.SweepConfig`); a configuration with
-    ``max_wait_ms = 0`` is the sweep's greedy mode, which is what that setting does.
+    ``max_wait_ms = 0`` is the sweep's greedy mode, which is what that setting does. A run cut by
+    another policy than the static rule has that policy's name as its mode and in its key
+    (``model|b64|adaptive``: ``max_batch_size`` is then its cap, and ``max_wait_ms`` unused);
+    ``batching`` names the policy (``static`` for the rule).
     """
     config = result.config
     greedy = config.max_wait_ms == 0
     key = SweepConfig(result.model, config.max_batch_size, config.max_wait_ms, greedy=greedy).key
+    mode = GREEDY if greedy else "wait"
+    if result.batching != "static":
+        key, mode = f"{result.model}|b{config.max_batch_size}|{result.batching}", result.batching
     return {
         "method": "simulated",
         "key": key,
-        "mode": GREEDY if greedy else "wait",
+        "mode": mode,
         "model": result.model,
         "device": result.device,
         **dataclasses.asdict(config),
@@ -528,6 +548,7 @@ def result_row(result: SimResult) -> dict[str, object]:
         "post_batch_samples_ms": len(config.post_batch_samples_ms),
         **dataclasses.asdict(result.figures),
         "busy_fraction": result.busy_fraction,
+        "batching": result.batching,
     }
 
 

@@ -5,6 +5,11 @@
 ``--max-batch-size`` and ``--max-wait-ms`` take comma-separated lists: every combination is
 simulated (a grid, the sweep's: ``greedy`` among the sizes adds its greedy mode) and printed as one
 table; ``--out`` writes the rows as CSV, with the sweep's ``key`` to join them with measured rows.
+
+``--batching adaptive --slo-p99-ms 200`` (or ``latency-adaptive``) has the server's policy of that name
+(:mod:`service.adaptive`, built as the server builds it, seeded from the profile as a server given
+``--batching-profile`` is) decide every cut instead of the static rule: each ``--max-batch-size`` is
+then its cap, and ``--max-wait-ms`` does not apply.
 Bad input (a trace or profile that cannot be read, a bad value) is one line and exit code 2.
 """
 
@@ -29,11 +34,13 @@ from loadgen.simulate import (
     SimConfig,
     SimResult,
     grid,
+    profile_seed,
     simulate_grid,
     write_results,
 )
 from loadgen.trace import read_trace
-from studies.profile.format import read_profile
+from service.policy import POLICY_NAMES, BatchPolicy, make_policy
+from studies.profile.format import ModelProfile, read_profile
 from studies.sweep.settings import GREEDY
 
 #: As the sweep's: greedy mode without a size to take the largest of.
@@ -78,6 +85,38 @@ def parse_timeout(text: str) -> float | None:
         raise GridError(f"--timeout-ms: {text!r} is not a number (or 'none')") from None
 
 
+def policy_factory(
+    batching: str, slo_p99_ms: float | None, profile: ModelProfile
+) -> Callable[[SimConfig], BatchPolicy] | None:
+    """A fresh policy per configuration for ``--batching`` (None for ``static``: the configuration's
+    own rule, which is the static policy to the bit). Built by :func:`service.policy.make_policy`, as
+    the server builds it, with the profile as its seed; one that cannot be built (no
+    ``service.adaptive``, a bad objective) is a :class:`GridError`, raised before the first run."""
+    if batching == "static":
+        if slo_p99_ms is not None:
+            raise GridError("--slo-p99-ms applies to --batching adaptive or latency-adaptive, not static")
+        return None
+    if slo_p99_ms is None:
+        raise GridError(f"--batching {batching} needs --slo-p99-ms, the p99 latency objective")
+    seed = profile_seed(profile)
+
+    def build(config: SimConfig) -> BatchPolicy:
+        try:  # service.adaptive is imported only here, by make_policy
+            return make_policy(
+                batching,
+                max_batch_size=config.max_batch_size,
+                max_wait_ms=config.max_wait_ms,
+                slo_p99_ms=slo_p99_ms,
+                seed=seed,
+            )
+        except ImportError as exc:
+            raise GridError(f"--batching {batching}: the policy cannot be loaded ({exc})") from None
+        except ValueError as exc:
+            raise GridError(f"--batching {batching}: {exc}") from None
+
+    return build
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -105,7 +144,8 @@ def render(results: list[SimResult], console: Console, *, title: str) -> None:
         f = result.figures
         table.add_row(
             str(result.config.max_batch_size),
-            f"{result.config.max_wait_ms:g}",
+            # A policy other than the static rule chooses its own wait (the title names it).
+            f"{result.config.max_wait_ms:g}" if result.batching == "static" else "auto",
             str(f.completed),
             f"{f.throughput_rps:.1f}",
             _ms(f.latency_p50_ms),
@@ -123,9 +163,13 @@ def render(results: list[SimResult], console: Console, *, title: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     sizes, greedy = parse_sizes(args.max_batch_size)
     waits = parse_list(args.max_wait_ms, "--max-wait-ms", float)
+    if args.batching != "static" and (greedy or len(waits) > 1):
+        what = "greedy" if greedy else "several --max-wait-ms"
+        raise GridError(f"--batching {args.batching} chooses its own wait: {what} does not apply")
     greedy_size = args.greedy_max_batch_size or max(sizes, default=DEFAULT_GREEDY_MAX_BATCH_SIZE)
     trace = read_trace(args.trace)
     profile = read_profile(args.profile)
+    policy = policy_factory(args.batching, args.slo_p99_ms, profile)
     base = SimConfig(
         max_batch_size=greedy_size,
         max_wait_ms=waits[0],
@@ -152,14 +196,15 @@ def _run(args: argparse.Namespace) -> int:
     configs = grid(  # each one checked on creation
         base, max_batch_sizes=sizes, max_waits_ms=waits, greedy_max_batch_size=greedy_size if greedy else None
     )
-    results = simulate_grid(trace, profile, configs)
+    results = simulate_grid(trace, profile, configs, policy)
     console = Console()
+    batching = "" if policy is None else f", batching {args.batching} under p99 {args.slo_p99_ms:g} ms"
     render(
         results,
         console,
         title=(
             f"SIMULATED {profile.model} on {profile.device} ({profile.energy_source}), "
-            f"{len(trace)} arrivals in {trace.duration_s:.3g} s"
+            f"{len(trace)} arrivals in {trace.duration_s:.3g} s{batching}"
         ),
     )
     if args.out is not None:
@@ -196,6 +241,22 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--max-wait-ms",
         default=f"{DEFAULT_MAX_WAIT_MS:g}",
         help="Comma-separated, 0 = greedy: each one is simulated with each size (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--batching",
+        choices=POLICY_NAMES,
+        default="static",
+        help=(
+            "Who cuts the batches: the static rule (--max-batch-size, --max-wait-ms), or the server's "
+            "adaptive or latency-adaptive policy under --slo-p99-ms, seeded from the profile, with "
+            "--max-batch-size as its cap (default: %(default)s)."
+        ),
+    )
+    parser.add_argument(
+        "--slo-p99-ms",
+        type=_float,
+        default=None,
+        help="The adaptive policies' p99 latency objective (ms).",
     )
     parser.add_argument(
         "--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help="Queued requests before 429."

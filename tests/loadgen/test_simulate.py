@@ -24,13 +24,14 @@ from loadgen.simulate import (
     SimConfig,
     SimResult,
     grid,
+    profile_seed,
     simulate,
     simulate_grid,
     write_results,
 )
-from loadgen.trace import Trace, bursty, poisson, write_trace
-from service.policy import Decision, QueueView, StaticPolicy
-from studies.profile.format import ModelProfile, ProfilePoint, write_profile
+from loadgen.trace import Trace, bursty, poisson, read_trace, write_trace
+from service.policy import Decision, QueueView, StaticPolicy, make_policy, read_profile_seed
+from studies.profile.format import ModelProfile, ProfilePoint, read_profile, write_profile
 
 
 def _point(size: int, latency_ms: float, energy_j: float, source: str) -> ProfilePoint:
@@ -599,3 +600,72 @@ def test_adaptive_policy_keeps_p99_under_its_objective_on_steady_poisson() -> No
     greedy = simulate(trace, profile, SimConfig(max_batch_size=64, max_wait_ms=0))
     assert f.j_per_request is not None and greedy.figures.j_per_request is not None
     assert f.j_per_request < greedy.figures.j_per_request
+
+
+def test_profile_seed_is_what_a_server_reads_from_the_profile_file(tmp_path: Path) -> None:
+    profile = ModelProfile(
+        model="m",
+        device="cpu",
+        energy_source="rapl",
+        points=(_point(1, 5.5, 0.55, "rapl"), _point(8, 9.0, 0.9, "rapl"), _point(64, 37.0, 3.7, "rapl")),
+    )
+    seed = profile_seed(profile)
+    assert sorted(seed) == [1, 8, 64] and seed[8] == pytest.approx((0.009, 0.9))
+    for suffix in (".csv", ".json"):
+        assert read_profile_seed(write_profile(profile, tmp_path / f"p{suffix}")) == seed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batching", "latency-adaptive"], "needs --slo-p99-ms"),
+        (["--batching", "adaptive"], "needs --slo-p99-ms"),
+        (["--slo-p99-ms", "100"], "not static"),
+        (["--batching", "adaptive", "--slo-p99-ms", "100", "--max-batch-size", "8,greedy"], "greedy"),
+        (["--batching", "adaptive", "--slo-p99-ms", "100", "--max-wait-ms", "5,50"], "--max-wait-ms"),
+    ],
+)
+def test_cli_policy_flags_that_cannot_work(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    trace, profile = files
+    assert loadgen_main("simulate", ["--trace", str(trace), "--profile", str(profile), *args]) == 2
+    lines = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("greenserve simulate: ")
+    ]
+    assert len(lines) == 1 and message in lines[0]
+
+
+@pytest.mark.parametrize("batching", ["adaptive", "latency-adaptive"])
+def test_cli_simulates_the_servers_adaptive_policies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], batching: str
+) -> None:
+    pytest.importorskip("service.adaptive")
+    profile = rising_latency()
+    trace = poisson(100.0, 20.0, seed=2)
+    paths = [write_trace(trace, tmp_path / "t.jsonl"), write_profile(profile, tmp_path / "p.csv")]
+    out = tmp_path / "sim.csv"
+    args = ["--trace", str(paths[0]), "--profile", str(paths[1]), "--max-batch-size", "16,64"]
+    argv = [*args, "--batching", batching, "--slo-p99-ms", "80", "--out", str(out)]
+    assert loadgen_main("simulate", argv) == 0
+    assert f"batching {batching} under p99 80 ms" in " ".join(capsys.readouterr().out.split())
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["key"], row["mode"], row["batching"]) for row in rows] == [
+        (f"m|b16|{batching}", batching, batching),
+        (f"m|b64|{batching}", batching, batching),
+    ]
+    # The very policy the server would build (service.policy.make_policy), seeded from the profile.
+    for row, cap in zip(rows, (16, 64), strict=True):
+        policy = make_policy(
+            batching, max_batch_size=cap, max_wait_ms=5, slo_p99_ms=80, seed=profile_seed(profile)
+        )
+        expected = simulate(
+            read_trace(paths[0]), read_profile(paths[1]), SimConfig(max_batch_size=cap), policy
+        )
+        assert float(row["latency_p99_ms"]) == expected.figures.latency_p99_ms
+        assert float(row["j_per_request"]) == expected.figures.j_per_request
+        assert float(row["mean_batch_size"]) == expected.figures.mean_batch_size
+    # A bad objective is refused by the policy itself, as one line.
+    assert loadgen_main("simulate", [*args, "--batching", batching, "--slo-p99-ms", "-1"]) == 2
+    assert "slo_p99_ms" in capsys.readouterr().err
