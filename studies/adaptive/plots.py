@@ -76,4 +76,7 @@ def _draw_batches(ax: Any, rows: Sequence[Row]) -> None:
         )
     ax.set_xlabel("time (s from the trace's start; batches at their answer)")
     ax.set_ylabel("batch size")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no request log", transform=ax.transAxes, ha="center", color="0.5")
