@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from loadgen.figures import attributed_label
 from studies.adaptive.analysis import number, read_batch_sizes
@@ -40,6 +41,7 @@ def plot_trace(
     ax.axvline(slo_p99_ms, color="tab:red", linestyle="--", linewidth=1, label=f"objective {slo_p99_ms:g} ms")
     if measured:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short range
     source = "/".join(sorted({r["energy_source"] for r in measured if r.get("energy_source")})) or "no source"
     ax.set_xlabel("p99 latency (ms, from the scheduled start)")
     ax.set_ylabel(f"J/request ({source}, {attributed_label(source)})")
