@@ -4,16 +4,16 @@
 Both are pure :class:`~service.policy.BatchPolicy` objects: no clock, no I/O; they learn only from what
 the batcher (or the simulator) tells them.
 
-**What they learn.** Per batch size, an EWMA of the compute time (with its mean absolute deviation) and
-of the model energy per batch; a profile's point (``seed``) counts as one observation. Sizes never seen
-are estimated from those seen. Time: linear between neighbours; below the smallest, its time; beyond
-the largest L, the larger of c(L)·n/L and the least-squares a + b·n of the three largest sizes (both
-conservative). Energy: between neighbours, the better J/image of the two (optimistic, so that the size
-gets tried, and then is known); below the smallest, its J/image; beyond the largest, that least-squares
-a + b·n, unknown while one size only is known (unknown energy counts as "may lower J/request": larger
-sizes get explored). The arrival rate: an EWMA of inter-arrival gaps, reset to the mean of the last 8
-gaps when that is 3× off (a 10× step is seen within about 6 arrivals). The observed p99 of the last 500
-answers within 30 s: past (1 − margin/2)·objective, the margin grows by the excess (to at most 0.6).
+**What they learn.** Per batch size, EWMAs of the compute time (and its mean absolute deviation) and of
+the model energy per batch; a profile point (``seed``) counts as one observation. Unseen sizes, from the
+seen: time linear between neighbours, the smallest's below it, and beyond the largest L the larger of
+c(L)·n/L and the least-squares a + b·n of the three largest (conservative); energy between neighbours at
+a J/image 2% below the better of the two (optimistic: the size gets tried once, then is known), the
+smallest's J/image below it, that least-squares a + b·n beyond (unknown with one size known: unknown
+energy "may lower J/request", so larger sizes get explored). The arrival rate: an EWMA of the gaps, reset
+to the mean of the last 8 when that is 3× off (a 10× step is seen within about 6 arrivals). The observed
+p99 of the last 500 answers within 30 s: past (1 − margin/2)·objective, the margin grows by the excess
+(to at most 0.6).
 
 **The decision rule** (AdaptivePolicy). Let B = objective·(1 − margin) be the latency budget,
 D = oldest_enqueued_at + B, q the queued items, c(n) the projected compute time of n items (mean + 2
@@ -37,13 +37,12 @@ since the last arrival once that is longer: a drop in the rate counts at once), 
 
 LatencyAdaptivePolicy learns and projects the same way, with target = the cap and step 5's (a) only.
 
-``regime`` (logged by the batcher when it changes): ``learning`` (no compute time known), ``throughput``
-(step 3), ``latency-bound`` (the objective, not energy, limits the batch: b* is smaller than the least
-J/image size, or b* cannot be gathered in time, (b* − 1)·g + c(b*) > B), ``energy`` otherwise; the
-baseline's are ``learning`` and ``latency``. :meth:`describe` gives target_batch_size,
-target_wait_seconds, projected_p99_seconds (target wait + c(target), + one batch's time when the queue
-needs throughput), observed_p99_seconds (NaN while unknown), arrival_rate_per_second and margin;
-``learned()`` gives the learned table (size → compute s, energy J per batch; NaN energy: unknown).
+``regime`` (the batcher logs its changes): ``learning`` (no compute time known), ``throughput`` (step 3),
+``latency-bound`` (the objective, not energy, limits the batch: b* is below the least-J/image size, or
+cannot be gathered in time, (b* − 1)·g + c(b*) > B), else ``energy``; the baseline's: ``learning``,
+``latency``. :meth:`describe` adds to the target's size and wait the projected p99 (target wait +
+c(target), + one batch when the queue needs throughput), the observed p99 (NaN while unknown), the
+arrival rate and the margin; ``learned()`` is the table (size → compute s, energy J; NaN: unknown).
 """
 
 from __future__ import annotations
@@ -58,10 +57,10 @@ from service.policy import Decision, QueueView
 
 _ALPHA = 0.2  # weight of a new batch observation (after the first few: a running mean until then)
 _RATE_ALPHA = 0.1  # weight of a new inter-arrival gap
-_JUMP_GAPS, _JUMP_FACTOR = 8, 3.0  # the fast rate detector: window, and how far off it must be
-_MIN_GAP_S = 1e-6
+_JUMP_GAPS, _JUMP_FACTOR, _MIN_GAP_S = 8, 3.0, 1e-6  # the fast rate detector: window, how far off
 _LATENCY_WINDOW, _LATENCY_HORIZON_S, _MIN_LATENCIES, _MAX_MARGIN = 500, 30.0, 50, 0.6
 _TOLERANCE = 0.01  # J/image differences under 1% justify no wait
+_EXPLORE = 0.02  # an untried size between two known ones is assumed 2% better than both
 _BUSY, _CALM = 0.9, 0.7  # utilisation entering / leaving the throughput regime
 _DEVIATIONS, _FIT_POINTS = 2.0, 3  # compute's allowance; sizes beyond follow the 3 largest ones' trend
 
@@ -114,8 +113,8 @@ def _curve(points: Mapping[int, float], cap: int, *, time: bool) -> list[float |
             lo, hi = keys[at - 1], keys[at]
             if time:
                 curve.append(points[lo] + (points[hi] - points[lo]) * (n - lo) / (hi - lo))
-            else:  # the better J/image of the two: optimistic, so that the size gets tried
-                curve.append(n * min(points[lo] / lo, points[hi] / hi))
+            else:  # better than either neighbour's J/image: optimistic, so that the size gets tried
+                curve.append(n * min(points[lo] / lo, points[hi] / hi) * (1 - _EXPLORE))
         elif time:
             grow = points[last] * n / last
             curve.append(grow if fit is None else max(grow, fit[0] + fit[1] * n))
@@ -134,16 +133,14 @@ class _Learner:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if not (0 <= margin < 1):
             raise ValueError(f"margin must be in [0, 1), got {margin}")
-        self.slo_s = slo_p99_ms / 1000
-        self.max_batch_size = max_batch_size
-        self.margin = margin
+        self.slo_s, self.max_batch_size, self.margin = slo_p99_ms / 1000, max_batch_size, margin
         self._compute: dict[int, _Ewma] = {}
         self._energy: dict[int, _Ewma] = {}
         self._version = 0
         self._cache: tuple[tuple[int, int], _Table | None] | None = None
-        self._gap: float | None = None
-        self._recent: deque[float] = deque(maxlen=_JUMP_GAPS)
+        self._gap: float | None = None  # the mean inter-arrival gap, s
         self._last_arrival: float | None = None
+        self._recent: deque[float] = deque(maxlen=_JUMP_GAPS)
         self._latencies: deque[tuple[float, float]] = deque(maxlen=_LATENCY_WINDOW)
         self._p99: float | None = math.nan  # None: to recompute
         self._regime = "learning"
@@ -306,9 +303,8 @@ class AdaptivePolicy(_Learner):
         if view.draining or table is None:
             self._regime = "learning" if table is None else self._regime
             return Decision.cut(min(q, cap))
-        budget = self.slo_s * (1 - self.margin_effective)
-        deadline = view.oldest_enqueued_at + budget
-        gap = self._gap_at(view.now)
+        now, budget = view.now, self.slo_s * (1 - self.margin_effective)
+        deadline, gap = view.oldest_enqueued_at + budget, self._gap_at(view.now)
         rate = 0.0 if gap is None else 1 / gap
         best, limited = self._best_size(table, cap, budget)
         self._busy = rate * table.mean[best] > (_CALM if self._busy else _BUSY) * best
@@ -324,21 +320,13 @@ class AdaptivePolicy(_Learner):
         if self._busy and q >= target:
             return Decision.cut(min(q, cap))
         if not self._busy and q > best:
-            clear = next(
-                (s for s in range(best, cap + 1) if view.now + math.ceil(q / s) * table.high[s] <= deadline),
-                cap,
-            )
-            return Decision.cut(min(q, clear))
+            clears = (s for s in range(best, cap + 1) if now + math.ceil(q / s) * table.high[s] <= deadline)
+            return Decision.cut(min(q, next(clears, cap)))
         if q >= target:
             return Decision.cut(target)
-        until = self._latest_wait(view.now, deadline, table.high[q + 1])
-        if (
-            until is not None
-            and gap is not None
-            and (self._busy or self._lowers(table, q, target, view.now, deadline, gap))
-        ):
-            return Decision.wait(until)
-        return Decision.cut(q)
+        until = self._latest_wait(now, deadline, table.high[q + 1])
+        worth = self._busy or (gap is not None and self._lowers(table, q, target, now, deadline, gap))
+        return Decision.wait(until) if until is not None and worth else Decision.cut(q)
 
 
 class LatencyAdaptivePolicy(_Learner):
