@@ -192,7 +192,8 @@ def test_sigterm_under_locust_load_drops_no_request(tmp_path: Path) -> None:
     after = [r for r in rows if summary["t0_unix"] + float(r["start_s"]) >= signalled]
     assert Counter(r["status"] for r in before)["200"] >= 100
     assert {r["status"] for r in before} <= {"200", "503"}, Counter(r["status"] for r in before)
-    refused_or_answered = {"503", "ConnectionRefusedError"}
+    # A connection opened in the instant the listener closes is reset rather than refused.
+    refused_or_answered = {"503", "ConnectionRefusedError", "ConnectionResetError"}
     assert {r["status"] for r in after} <= refused_or_answered, Counter(r["status"] for r in after)
     answered, unwritten = drain_tally(log)
     assert unwritten == 0
