@@ -249,6 +249,12 @@ def replica_series(job: str, instance: str, max_wait_seconds: bool = True) -> li
         'greenserve_energy_read_errors_total{source="rapl"}': "0+1x40",
         "greenserve_batch_size_sum": "0+60x40",
         "greenserve_batch_size_count": "0+10x40",
+        # The batching policy's state (an adaptive one: a static one exports no p99 or learned J/image).
+        'greenserve_batching_target{param="batch_size"}': "6x40",
+        'greenserve_batching_target{param="wait_seconds"}': "0.004x40",
+        'greenserve_batching_p99_seconds{kind="projected"}': "0.04x40",
+        'greenserve_batching_p99_seconds{kind="observed"}': "0.035x40",
+        'greenserve_batching_energy_per_image_joules{batch_size="4"}': "0.02x40",
     }
     if max_wait_seconds:
         series['greenserve_batching_config{param="max_wait_seconds"}'] = "0.01x40"

@@ -434,6 +434,7 @@ async def send_load(url: str) -> collections.Counter[int]:
     every rate has a rise to measure. Then a burst against a batch held open (max_batch_size above
     max_queue, a 500 ms wait), so the queue fills and the rest of the burst is refused (429) whatever the
     machine's speed; and, with the settings back, requests whose 1 ms deadline passes before compute (504).
+    Then rounds under the adaptive policy, which the server keeps.
     """
     split = digits.load_split()
     images = [png_bytes(Image.fromarray(digits.to_png_pixels(x))) for x in split.x_test[:24]]
@@ -446,7 +447,7 @@ async def send_load(url: str) -> collections.Counter[int]:
             )
             statuses[response.status_code] += 1
 
-        async def configure(**settings: float) -> None:
+        async def configure(**settings: float | str) -> None:
             (await client.put("/v1/batching", json=settings)).raise_for_status()
 
         async def together(*requests: Coroutine[Any, Any, None]) -> None:
@@ -466,6 +467,12 @@ async def send_load(url: str) -> collections.Counter[int]:
         )
         for _ in range(3):
             await classify(images[0], {"X-Request-Timeout-Ms": "1"})
+        # Last, the adaptive policy (and it stays): its target, projected and observed p99 and learned
+        # J/image are series only an adaptive policy publishes (the dashboard's batching-policy row).
+        await configure(batching="adaptive", slo_p99_ms=200)
+        for _ in range(6):
+            await together(*(classify(image) for image in images[:12]))
+            await asyncio.sleep(0.3)
     return statuses
 
 
