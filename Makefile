@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint typecheck check bench bench-energy bench-sim loadtest sweep train-default train-ablation train-hpo zoo up down clean
+.PHONY: help venv run test lint typecheck check bench bench-energy bench-sim bench-adaptive loadtest sweep train-default train-ablation train-hpo zoo up down clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench-energy: $(STAMP)  ## Energy accounting: 0 J responses, closure on the devi
 
 bench-sim: $(STAMP)  ## Simulator vs real sweep: p99 and J/request errors on 2 models x 2 traces (results/bench-sim)
 	$(PY) -m studies.simcheck $(ARGS)
+
+bench-adaptive: $(STAMP)  ## Adaptive batching vs static grid, Triton-like, latency-adaptive: J/request, p99, SLO windows on 3 traces (results/adaptive)
+	$(PY) -m studies.adaptive $(ARGS)
 
 sweep: $(STAMP)  ## Batch-config sweep: serve each config, replay one trace, Pareto plot, recommendation (results/sweep)
 	$(VENV)/bin/greenserve sweep $(ARGS)

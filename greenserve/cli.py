@@ -64,6 +64,13 @@ COMMANDS: tuple[Command, ...] = (
         "studies",
     ),
     Command(
+        "bench-adaptive",
+        "studies.adaptive.cli",
+        "Adaptive batching vs every static setting of a grid, a Triton-like and a latency-adaptive "
+        "baseline on 3 traces (make bench-adaptive).",
+        "studies",
+    ),
+    Command(
         "zoo",
         "studies.zoo.cli",
         "Model-zoo study: energy per image vs accuracy of 2012-2022 networks (greenserve zoo --help).",
