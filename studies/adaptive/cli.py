@@ -10,13 +10,12 @@ configurations), and flags given beside it override it.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from studies.adaptive.settings import AdaptiveError, AdaptiveSettings, settings_from
 from studies.adaptive.table import CSV_NAME
-from studies.kit.commands import OneLineParser, run_handler
+from studies.kit.commands import OneLineParser, run_study
 from studies.kit.flags import DEFAULT_RESULTS, add_dataclass_flags
 
 DEFAULT_OUT = DEFAULT_RESULTS / "adaptive"
@@ -82,7 +81,4 @@ def handle(args: argparse.Namespace) -> int:
 
 def run(name: str, argv: Sequence[str]) -> int:
     """The front door's entry: ``greenserve bench-adaptive <argv…>``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll is noise
-    parser = build_parser(f"greenserve {name}")
-    return run_handler(parser.prog, handle, parser.parse_args(list(argv)))
+    return run_study(name, list(argv), build_parser, handle)

@@ -5,6 +5,7 @@ error. For the packages' CLIs, so that every lab command answers the same way.""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -34,3 +35,20 @@ def run_handler(prog: str, handler: Callable[[argparse.Namespace], int], args: a
         # raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def run_study(
+    name: str,
+    argv: list[str],
+    build_parser: Callable[[str], argparse.ArgumentParser],
+    handler: Callable[[argparse.Namespace], int],
+) -> int:
+    """A study's ``greenserve <name> <argv…>``: INFO logs with times (httpx's one line per readiness
+    poll of a server left out), the parser built for ``greenserve <name>``, then :func:`run_handler`."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = build_parser(f"greenserve {name}")
+    return run_handler(parser.prog, handler, parser.parse_args(argv))

@@ -8,12 +8,11 @@ as aliases (``--threads`` for ``--torch-threads``, ``--duration`` for ``--durati
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from loadgen.errors import GridError
-from studies.kit.commands import OneLineParser, run_handler
+from studies.kit.commands import OneLineParser, run_study
 from studies.kit.flags import DEFAULT_RESULTS, add_dataclass_flags, dataclass_from_args
 from studies.sweep.settings import ENERGY_SOURCES, SweepSettings, TraceSettings, configurations
 from studies.sweep.table import CSV_NAME
@@ -73,7 +72,4 @@ def handle(args: argparse.Namespace) -> int:
 
 def run(name: str, argv: Sequence[str]) -> int:
     """The front door's entry: ``greenserve sweep <argv…>``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll is noise
-    parser = build_parser(f"greenserve {name}")
-    return run_handler(parser.prog, handle, parser.parse_args(list(argv)))
+    return run_study(name, list(argv), build_parser, handle)
