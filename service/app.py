@@ -20,6 +20,7 @@ from energy import (
 )
 from service.api.errors import install_error_handlers
 from service.api.middleware import AccessLogMiddleware
+from service.api.oip import router as oip_router
 from service.api.routes import router
 from service.batching import Batcher, BatchingConfig
 from service.config import Settings
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None, *, classifier: Classifier | Non
         lifespan=lifespan if recorder is None else recording_lifespan(recorder, lifespan),
     )
     app.include_router(router)
+    app.include_router(oip_router)
     install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     if recorder is not None:

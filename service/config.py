@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     # --- input limits ---
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body (413).")
     max_image_pixels: int = Field(40_000_000, ge=64, description="Largest image, width × height (413).")
+    infer_max_body_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest Open Inference Protocol infer body, all its images or tensors together, after "
+            "decompression (413); each image element is also held to max_body_bytes."
+        ),
+    )
     decode_workers: int = Field(
         min(4, os.cpu_count() or 1), ge=1, le=256, description="Threads that decode images."
     )

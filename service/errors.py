@@ -59,6 +59,14 @@ class InvalidParameterError(GreenserveError):
     code = "invalid_parameter"
 
 
+class InferRequestError(GreenserveError):
+    """An Open Inference Protocol request the server cannot take (malformed JSON, an unknown input
+    or output, a wrong datatype or shape, a bad parameter): 400, as Triton and KServe answer it."""
+
+    status_code = 400
+    code = "bad_request"
+
+
 class UnauthorizedError(GreenserveError):
     status_code = 401
     code = "unauthorized"

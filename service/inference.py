@@ -41,6 +41,8 @@ class ItemResult:
     scores: list[float]
     compute_s: float
     batch_energy: StageEnergy
+    #: Every class's probability (a row of the batch's output; the Open Inference Protocol's scores).
+    probabilities: torch.Tensor
 
 
 class InferenceEngine:
@@ -129,7 +131,10 @@ class InferenceEngine:
             scores, indices = probs.topk(self._top, dim=1)
             rows = list(zip(indices.tolist(), scores.tolist(), strict=True))
             compute_s = time.monotonic() - t0
-        return [ItemResult(idx, sc, compute_s, measured[0]) for idx, sc in rows]
+        return [
+            ItemResult(idx, sc, compute_s, measured[0], row)
+            for (idx, sc), row in zip(rows, probs, strict=True)
+        ]
 
     async def run_batch(self, batch: list[torch.Tensor]) -> list[ItemResult]:
         """The batcher's batch function: compute in the worker thread; failures become ModelError."""

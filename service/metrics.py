@@ -47,6 +47,10 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
     return tuple(sorted(buckets))
 
 
+#: The classification protocols, the ``protocol`` label's values.
+PROTOCOLS = ("classify", "v2")
+
+
 class _EnergyCollector(Collector):
     """Device energy and power from the samplers' curves, and the accountant's totals, at scrape time."""
 
@@ -168,15 +172,30 @@ class Metrics:
         )
         cuda = torch.version.cuda or "none"
         build_info.labels(version=__version__, torch=torch.__version__, cuda=cuda).set(1)
+        # ``protocol``: ``classify`` (POST /classify) or ``v2`` (the Open Inference Protocol's infer).
         self._requests = Counter(
-            "greenserve_requests", "Classification requests by HTTP status.", ["status"], registry=r
+            "greenserve_requests",
+            "Classification requests by HTTP status and protocol (classify, v2).",
+            ["status", "protocol"],
+            registry=r,
         )
         self._request_duration = Histogram(
             "greenserve_request_duration_seconds",
-            "Time from a classification request's arrival to its response (Units: s).",
+            "Time from a classification request's arrival to its response, by protocol (Units: s).",
+            ["protocol"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self._images = Counter(
+            "greenserve_images",
+            "Images answered 200, by protocol: a /classify request is one, a v2 infer request as many "
+            "as it carried (batch energy ÷ images = J/image).",
+            ["protocol"],
+            registry=r,
+        )
+        for protocol in PROTOCOLS:  # the series exist from the start, as they did unlabelled
+            self._request_duration.labels(protocol=protocol)
+            self._images.labels(protocol=protocol)
         self._queue_wait = Histogram(
             "greenserve_queue_wait_seconds",
             "Time a request waited in the batch queue (Units: s).",
@@ -218,9 +237,9 @@ class Metrics:
         )
         self._request_energy = Histogram(
             "greenserve_request_energy_joules",
-            "Energy of each request answered 200 (energy_j: model share + decode + serving), by its "
-            "energy_source (Units: J).",
-            ["source"],
+            "Energy of each request answered 200 (energy_j: model share + decode + serving; a v2 infer "
+            "request's: all its images'), by its energy_source and protocol (Units: J).",
+            ["source", "protocol"],
             buckets=ENERGY_BUCKETS_J,
             registry=r,
         )
@@ -252,20 +271,29 @@ class Metrics:
         self._model_info.labels(model=model, device=device, weights=weights).set(1)
 
     def observe_classify(
-        self, status: int, duration_s: float, energy: RequestEnergy | None, energy_source: str
+        self,
+        status: int,
+        duration_s: float,
+        energy: RequestEnergy | None,
+        energy_source: str,
+        *,
+        protocol: str = "classify",
+        images: int = 1,
     ) -> None:
-        """A ``/classify`` response finished (whatever its status): counted, timed, and for an
-        answered request (``energy`` given) its energy, unless unknown (the read errors say why)."""
-        self._requests.labels(status=str(status)).inc()
-        self._request_duration.observe(duration_s)
+        """A classification response finished (whatever its status): counted, timed, and for an
+        answered request (``energy`` given, of its ``images``) its images and energy, unless the
+        energy is unknown (the read errors say why)."""
+        self._requests.labels(status=str(status), protocol=protocol).inc()
+        self._request_duration.labels(protocol=protocol).observe(duration_s)
         if energy is None:
             return
+        self._images.labels(protocol=protocol).inc(images)
         joules = energy.joules
         if joules is None:
             return
         for part_source, part_j in energy.by_source().items():
             self._batch_energy.labels(source=part_source).inc(part_j)
-        self._request_energy.labels(source=energy_source).observe(joules)
+        self._request_energy.labels(source=energy_source, protocol=protocol).observe(joules)
 
     def observe_drain_response(self, status: int, written: bool) -> None:
         """A response finished once the drain began (``written``: whether its connection took it)."""

@@ -10,22 +10,32 @@ here, in this order, and nowhere else:
 3. **Answer**: labelled top classes, and the request's energy composed in its one place
    (:func:`service.request_energy.compose`).
 
+``classify`` answers one image (``/classify``); ``infer`` answers several, given as encoded images or
+as tensors the client preprocessed (the Open Inference Protocol): each is an item of its own in the
+batcher, so the images of one request may share batches with each other and with other requests,
+and each item's energy is composed the same way (the request's serving share split among its items).
+
 It knows nothing of HTTP: errors are :mod:`service.errors`, turned into responses by the API layer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from energy import CpuSpread, EnergyAccountant, StageEnergy
-from service.batching import Admission, Batcher
+from service.batching import Admission, Batcher, Outcome
 from service.imaging import DecodeLimits, decode_image
 from service.inference import InferenceEngine, ItemResult
-from service.request_energy import RequestEnergy, compose
+from service.request_energy import RequestEnergy, compose, total
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,22 @@ class Classification:
     energy: RequestEnergy
     #: Where the joules come from (``nvml+rapl``-style), or ``unknown: <why>``.
     energy_source: str
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What an infer request gets: every item's class probabilities (rows in the request's order),
+    the batch each item was computed in, and the energy of all its items."""
+
+    model: str
+    probabilities: torch.Tensor
+    batch_sizes: list[int]
+    energy: RequestEnergy
+    energy_source: str
+
+    @property
+    def images(self) -> int:
+        return len(self.batch_sizes)
 
 
 class Pipeline:
@@ -83,15 +109,8 @@ class Pipeline:
         Cancelling it drops the item from the queue: it is never computed."""
         loop = asyncio.get_running_loop()
         tensor, decoded = await loop.run_in_executor(self._decode_pool, self._decode, data)
-        outcome = await self.batcher.submit(tensor, deadline=deadline, admission=admission)
+        outcome, energy = await self._compute(tensor, decoded, deadline, admission, request_items=1)
         item = outcome.value
-        energy = compose(
-            self.accountant,
-            batch_model=item.batch_energy,
-            batch_size=outcome.batch_size,
-            decode=decoded,
-            serving=self.serving,
-        )
         classifier = self.engine.classifier
         labels = classifier.labels
         k = min(top_k, len(item.indices))
@@ -107,6 +126,75 @@ class Pipeline:
             energy_source=energy.source(self.accountant.sources),
         )
 
+    @functools.cached_property
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of one preprocessed item (``C, H, W``): what a client that preprocesses sends."""
+        classifier = self.engine.classifier
+        return tuple(classifier.preprocess(classifier.example_image()).shape)
+
+    async def infer(
+        self,
+        *,
+        images: Sequence[bytes] | None = None,
+        tensors: torch.Tensor | None = None,
+        deadline: float,
+        admissions: Sequence[Admission],
+    ) -> Inference:
+        """Classify several items, given as encoded ``images`` (decoded as ``classify`` does) or as
+        preprocessed ``tensors`` (``N × item_shape``), one admission each. Every item is submitted to
+        the batcher on its own; the first failure (a bad image: before any is queued) is raised and
+        the other items are cancelled (they leave the queue uncomputed), as is everything when this
+        is cancelled."""
+        loop = asyncio.get_running_loop()
+        if images is not None:
+            decoded = await _all(
+                [loop.run_in_executor(self._decode_pool, self._decode, data) for data in images]
+            )
+        elif tensors is not None:
+            decoded = [(row, StageEnergy("decode")) for row in tensors.unbind(0)]
+        else:
+            raise ValueError("infer needs images or tensors")
+        if len(decoded) != len(admissions):
+            raise ValueError(f"{len(decoded)} items but {len(admissions)} admissions")
+        items = len(decoded)
+        answers = await _all(
+            [
+                self._compute(tensor, energy, deadline, admission, request_items=items)
+                for (tensor, energy), admission in zip(decoded, admissions, strict=True)
+            ]
+        )
+        energy = total([e for _, e in answers])
+        return Inference(
+            model=self.engine.classifier.name,
+            probabilities=torch.stack([outcome.value.probabilities for outcome, _ in answers]),
+            batch_sizes=[outcome.batch_size for outcome, _ in answers],
+            energy=energy,
+            energy_source=energy.source(self.accountant.sources),
+        )
+
+    async def _compute(
+        self,
+        tensor: torch.Tensor,
+        decoded: StageEnergy,
+        deadline: float,
+        admission: Admission,
+        *,
+        request_items: int,
+    ) -> tuple[Outcome[ItemResult], RequestEnergy]:
+        """One item through the batcher, and its energy (its request's serving share split among
+        ``request_items``)."""
+        outcome = await self.batcher.submit(tensor, deadline=deadline, admission=admission)
+        item = outcome.value
+        energy = compose(
+            self.accountant,
+            batch_model=item.batch_energy,
+            batch_size=outcome.batch_size,
+            decode=decoded,
+            serving=self.serving,
+            request_items=request_items,
+        )
+        return outcome, energy
+
     def _decode(self, data: bytes) -> tuple[torch.Tensor, StageEnergy]:
         classifier = self.engine.classifier
         # The decode thread's CPU time (since its previous decode: the pool's handling included),
@@ -118,3 +206,23 @@ class Pipeline:
     def close(self) -> None:
         """Stop the decode pool (after the batcher's drain; requests still decoding are dropped)."""
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _all(work: Sequence[Awaitable[T]]) -> list[T]:
+    """Every result, in order; on the first failure the rest is cancelled (and awaited) and that
+    failure raised; cancelled itself, it cancels them all."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next(
+            (t for t in tasks if t in done and not t.cancelled() and t.exception() is not None), None
+        )
+        if failed is not None:
+            raise failed.exception()  # type: ignore[misc]
+        return [t.result() for t in tasks]
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -65,14 +65,31 @@ def compose(
     batch_size: int,
     decode: StageEnergy,
     serving: CpuSpread,
+    request_items: int = 1,
 ) -> RequestEnergy:
-    """One request's energy: an equal share of its batch's model energy (``batch_model``, measured
-    over the whole batch of ``batch_size``), its own ``decode``, and the event loop's CPU time per
-    request it began over the last second (its share of parsing, routing, batching and answering),
-    priced at the CPU meter's J per CPU-second like the decode."""
+    """One item's energy: an equal share of its batch's model energy (``batch_model``, measured
+    over the whole batch of ``batch_size``), its own ``decode``, and its share of the event loop's
+    CPU time per request it began over the last second (parsing, routing, batching and answering:
+    one HTTP request's share, split equally among the ``request_items`` images that request
+    carried), priced at the CPU meter's J per CPU-second like the decode."""
     model = batch_model.split(batch_size)
-    serving_part = accountant.cpu_work("serving", serving.per_event_cpu_s())
+    serving_part = accountant.cpu_work("serving", serving.per_event_cpu_s() / request_items)
     gpu = accountant.accelerator
     # A GPU batch holds the device: its static draw during the batch is in the model part.
     idle_included = gpu is not None and gpu.meter.idle_included
     return RequestEnergy((model, decode, serving_part), idle_included=idle_included)
+
+
+def total(energies: list[RequestEnergy]) -> RequestEnergy:
+    """The energy of several items (an infer request's images): each stage summed by source; unknown
+    when any item's is (the first reason)."""
+    parts = []
+    for stage in STAGES:
+        of_stage = [part for energy in energies for part in energy.parts if part.stage == stage]
+        by_source: dict[str, float] = {}
+        for part in of_stage:
+            for source, joules in part.by_source.items():
+                by_source[source] = by_source.get(source, 0.0) + joules
+        unknown = next((part.unknown for part in of_stage if part.unknown is not None), None)
+        parts.append(StageEnergy(stage, by_source, unknown, sum(part.cpu_s for part in of_stage)))
+    return RequestEnergy(tuple(parts), idle_included=any(e.idle_included for e in energies))

@@ -1,4 +1,7 @@
-"""The one place where errors become HTTP responses: ``{"error": {"code", "message", "request_id"}}``."""
+"""The one place where errors become HTTP responses: ``{"error": {"code", "message", "request_id"}}``,
+and under ``/v2`` (the Open Inference Protocol) the protocol's own shape, ``{"error": "<message>"}``,
+which its clients read (``tritonclient`` raises it as the exception's message); the request id is
+in the ``X-Request-ID`` header either way."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from service.errors import GreenserveError
 
 logger = logging.getLogger(__name__)
 
+#: The Open Inference Protocol's routes (service.api.oip) live under this path.
+OIP_ROOT = "/v2"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "body_too_large"}
 
 
@@ -23,7 +28,11 @@ def request_id_of(request: Request) -> str:
 def error_response(
     request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "request_id": request_id_of(request)}}
+    body: dict[str, object]
+    if request.url.path == OIP_ROOT or request.url.path.startswith(OIP_ROOT + "/"):
+        body = {"error": message}
+    else:
+        body = {"error": {"code": code, "message": message, "request_id": request_id_of(request)}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -2,11 +2,11 @@
 
 A pure ASGI middleware (not ``BaseHTTPMiddleware``, which adds a task and a copy per request):
 it gives each request an id (the client's ``X-Request-ID`` when it is sane), echoes it in the
-response, records each finished ``/classify`` request in the metrics (its final status, duration
-and, when answered, the energy the route left in :data:`CLASSIFICATION`), and writes one JSON log
-line. It sees
-every response, so it is also where the drain shows: once the server is draining each response
-says ``Connection: close`` and is counted by status and by whether it could be written (the
+response, records each finished ``/classify`` and Open Inference Protocol infer request in the
+metrics (its final status, duration and protocol and, when answered, its images and the energy the
+route left in :data:`CLASSIFICATION`), and writes one JSON log line. It sees every response, so it
+is also where the drain shows: once the server is draining each response says ``Connection:
+close`` and is counted by status and by whether it could be written (the
 connection tells it when the client was gone: :mod:`service.connections`); the log line then
 carries ``"written": false``.
 """
@@ -23,14 +23,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.connections import CONNECTION_LOST
 from service.logs import REQUEST_ID, Structured
-from service.pipeline import Classification
+from service.pipeline import Classification, Inference
 from service.state import Phase
 
 access_logger = logging.getLogger("greenserve.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CLASSIFY_PATH = "/classify"
-#: The request state's key for the route's :class:`service.pipeline.Classification` (answered).
+#: The request state's key for the route's answer: a :class:`service.pipeline.Classification`
+#: (``/classify``) or :class:`service.pipeline.Inference` (an Open Inference Protocol infer).
 CLASSIFICATION = "classification"
+
+
+def protocol_of(path: str) -> str | None:
+    """The classification protocol a path speaks (``classify``, ``v2``), None for other routes."""
+    if path == CLASSIFY_PATH:
+        return "classify"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "v2"
+    return None
 
 
 class AccessLogMiddleware:
@@ -81,13 +91,16 @@ class AccessLogMiddleware:
             written = not state.get(CONNECTION_LOST, False)
             if server is not None:
                 server.observe_response(status, written)
-                if path == CLASSIFY_PATH:
-                    answered: Classification | None = state.get(CLASSIFICATION)
+                protocol = protocol_of(path)
+                if protocol is not None:
+                    answered: Classification | Inference | None = state.get(CLASSIFICATION)
                     server.metrics.observe_classify(
                         status,
                         duration_s,
                         answered.energy if answered is not None else None,
                         answered.energy_source if answered is not None else "",
+                        protocol=protocol,
+                        images=answered.images if isinstance(answered, Inference) else 1,
                     )
             if self.enabled and access_logger.isEnabledFor(logging.INFO):
                 record = {

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections.abc import Coroutine
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -15,21 +13,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from service.api.common import check_serving, deadline_from, read_body, unless_disconnected
 from service.api.deps import AdminDep, StateDep
 from service.api.errors import error_response
 from service.api.middleware import CLASSIFICATION
 from service.errors import (
     BadImageError,
-    ClientClosedRequestError,
-    DrainingError,
     InvalidParameterError,
-    NotReadyError,
-    PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
 from service.imaging import SUPPORTED_MEDIA_TYPES, check_media_type
 from service.inference import MAX_TOP_K
-from service.pipeline import Classification
 from service.state import Phase, ServerState
 
 router = APIRouter()
@@ -139,33 +133,11 @@ CLASSIFY_BODY: dict[str, Any] = {
 }
 
 
-def _check_serving(state: ServerState) -> None:
-    if state.phase is Phase.DRAINING:
-        raise DrainingError()
-    if state.phase is not Phase.READY:
-        raise NotReadyError(state.failure or "model is warming up; retry shortly")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing one larger than ``limit`` as soon as that is known (header or stream)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _image_bytes(request: Request, limit: int) -> bytes:
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
 
         async def replay() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
@@ -183,46 +155,11 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
             await form.close()
     if media_type.startswith("image/"):
         check_media_type(media_type)
-        return await _read_body(request, limit)
+        return await read_body(request, limit)
     raise UnsupportedMediaTypeError(
         f"content type {media_type or '(none)'!r} is not supported: send multipart/form-data with a "
         "'file' field, or the image itself with its image/* content type"
     )
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    """Returns when the client goes away (or the response is complete)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Classification]) -> Classification:
-    """``work``'s result, or :class:`ClientClosedRequestError` when the client goes away first (the
-    work is cancelled: its item leaves the queue, never computed). The body must have been read."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()  # this handler was cancelled: its item goes too
-        raise
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientClosedRequestError()
-    return task.result()
-
-
-def _deadline(state: ServerState, arrival: float, timeout_ms: float | None) -> float:
-    settings = state.settings
-    if timeout_ms is None:
-        timeout_ms = settings.default_timeout_ms
-    elif not math.isfinite(timeout_ms) or timeout_ms <= 0 or timeout_ms > settings.max_timeout_ms:
-        raise InvalidParameterError(
-            f"X-Request-Timeout-Ms must be in (0, {settings.max_timeout_ms:g}], got {timeout_ms:g}"
-        )
-    return arrival + timeout_ms / 1000
 
 
 @router.post(
@@ -250,15 +187,15 @@ async def classify(
 ) -> Any:
     """Classify one image: multipart field ``file``, or the raw body with an ``image/*`` type."""
     arrival = time.monotonic()
-    _check_serving(state)
-    deadline = _deadline(state, arrival, x_request_timeout_ms)
+    check_serving(state)
+    deadline = deadline_from(state, arrival, x_request_timeout_ms)
     pipeline = state.pipeline
     # Admission before any work: a full queue (queued requests plus those being read and decoded)
     # is a 429 before the body is read or decoded, which also bounds the decode pool's backlog.
     # Leaving the block gives the place back unless submit used it: no leak on any error or 499.
     with pipeline.reserve() as admission:
         data = await _image_bytes(request, state.limits.max_body_bytes)
-        answer = await _unless_disconnected(
+        answer = await unless_disconnected(
             request, pipeline.classify(data, top_k=top_k, deadline=deadline, admission=admission)
         )
     scope_state = request.scope["state"]

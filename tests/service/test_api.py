@@ -175,7 +175,7 @@ async def test_full_queue_is_429_with_retry_after() -> None:
         assert 3 not in fake.computed
         metrics = (await client.get("/metrics")).text
         assert 'greenserve_rejected_total{reason="queue_full"} 1.0' in metrics
-        assert 'greenserve_requests_total{status="429"} 1.0' in metrics
+        assert 'greenserve_requests_total{protocol="classify",status="429"} 1.0' in metrics
 
 
 async def test_expired_deadline_is_504_and_never_computed() -> None:
@@ -355,7 +355,7 @@ async def test_metrics_follow_the_contract() -> None:
         "python_info",  # and its platform collector
     ]:
         assert re.search(rf"^{name}[{{ ]", text, re.MULTILINE), name
-    assert 'greenserve_requests_total{status="200"} 3.0' in text
+    assert 'greenserve_requests_total{protocol="classify",status="200"} 3.0' in text
     cuda = torch.version.cuda or "none"
     build = f'greenserve_build_info{{cuda="{cuda}",torch="{torch.__version__}",version="{__version__}"}} 1.0'
     assert build in text
@@ -364,7 +364,7 @@ async def test_metrics_follow_the_contract() -> None:
     assert 'greenserve_batching_config{param="max_wait_ms"} 2.0' in text
     assert 'greenserve_batching_config{param="max_batch_size"} 32.0' in text
     assert 'greenserve_model_info{device="cpu",model="fake",weights="none"} 1.0' in text
-    assert 'greenserve_request_energy_joules_count{source="estimate"} 3.0' in text
+    assert 'greenserve_request_energy_joules_count{protocol="classify",source="estimate"} 3.0' in text
     # Only /classify counts as a request: the scrape above and /readyz polls do not.
     assert 'status="404"' not in text
 

@@ -64,4 +64,4 @@ def test_the_readme_curl_examples_answer_as_pasted(tmp_path: Path) -> None:
         assert answer["predictions"][0]["label"] == "7", answer  # the sample is a held-out 7
         assert answer["energy_j"] > 0 and answer["request_id"]
     assert len(multipart["predictions"]) == 5 and len(raw["predictions"]) == 3  # top_k=3
-    assert 'greenserve_requests_total{status="200"} 2.0' in outputs[2]
+    assert 'greenserve_requests_total{protocol="classify",status="200"} 2.0' in outputs[2]

@@ -66,7 +66,7 @@ def test_embedded_model_classifies_held_out_digits_over_http(tmp_path: Path) -> 
         batches = metric(text, "greenserve_batch_size_count")
         assert metric(text, "greenserve_batch_size_sum") == 64
         assert batches < 64, "64 concurrent requests were never batched"
-        assert metric(text, "greenserve_requests_total", '{status="200"}') == 64
+        assert metric(text, "greenserve_requests_total", '{protocol="classify",status="200"}') == 64
         energy = metric(text, "greenserve_batch_energy_joules_total", '{source="estimate"}')
         device = metric(text, "greenserve_device_energy_joules_total")
         assert 0 < energy <= device
@@ -156,7 +156,7 @@ def test_client_that_disconnects_while_queued_is_never_computed(tmp_path: Path) 
         assert asyncio.run(scenario()) == 200
         text = httpx.get(f"{server.url}/metrics").text
         assert metric(text, "greenserve_batch_size_count") == 1  # only the first request was computed
-        assert metric(text, "greenserve_requests_total", '{status="499"}') == 1
+        assert metric(text, "greenserve_requests_total", '{protocol="classify",status="499"}') == 1
         assert metric(text, "greenserve_queue_depth") == 0
 
 
