@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -13,6 +15,57 @@ from loadgen.metrics import MetricKey, parse_metrics
 from studies.kit.machine import machine_busy_cpu_s, process_cpu_s
 
 JPEG_HEADERS = {"content-type": "image/jpeg"}
+MULTIPART_BOUNDARY = "greenserve-bench-boundary"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One request, encoded once before the load (the client's CPU is the same per request for
+    every protocol: bytes on a socket): where to post it, its body and headers."""
+
+    path: str
+    content: bytes
+    headers: dict[str, str]
+
+
+def encode_requests(protocol: str, bodies: Sequence[bytes], model: str) -> list[Encoded]:
+    """Each JPEG as ``protocol`` sends it (studies.serving.settings.Protocol)."""
+    if protocol == "raw":
+        return [Encoded("/classify", body, JPEG_HEADERS) for body in bodies]
+    if protocol == "multipart":
+        form = f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"
+        head = (
+            f'--{MULTIPART_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="image.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        tail = f"\r\n--{MULTIPART_BOUNDARY}--\r\n".encode()
+        return [Encoded("/classify", head + body + tail, {"content-type": form}) for body in bodies]
+    if protocol == "v2":
+        import numpy as np
+        from tritonclient.http import InferenceServerClient, InferInput
+
+        encoded = []
+        for body in bodies:
+            image = InferInput("IMAGE", [1], "BYTES")
+            image.set_data_from_numpy(np.array([body], dtype=object))
+            content, json_size = InferenceServerClient.generate_request_body([image])
+            headers = {
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": str(json_size),
+            }
+            encoded.append(Encoded(f"/v2/models/{model}/infer", content, headers))
+        return encoded
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    """A 200's figures: /classify's JSON, or an infer answer's parameters (its JSON header)."""
+    header_length = response.headers.get("inference-header-content-length")
+    content = response.content if header_length is None else response.content[: int(header_length)]
+    document: dict[str, Any] = json.loads(content)
+    if "outputs" in document:  # the Open Inference Protocol: the energy is in the parameters
+        return dict(document.get("parameters", {}))
+    return document
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -49,7 +102,7 @@ class LoadRun:
 
 async def drive(
     base_url: str,
-    bodies: Sequence[bytes],
+    requests: Sequence[Encoded],
     *,
     concurrency: int,
     warmup_s: float,
@@ -74,18 +127,20 @@ async def drive(
         ) as client:
             turn = index
             while not stop.is_set():
-                body = bodies[turn % len(bodies)]
+                request = requests[turn % len(requests)]
                 turn += concurrency
                 started = time.perf_counter()
                 try:
-                    response = await client.post("/classify", content=body, headers=JPEG_HEADERS)
+                    response = await client.post(
+                        request.path, content=request.content, headers=request.headers
+                    )
                 except httpx.HTTPError as exc:
                     run.records.append(Record(started, time.perf_counter(), type(exc).__name__))
                     await asyncio.sleep(0.05)  # a dead server must not turn this into a busy loop
                     continue
                 record = Record(started, time.perf_counter(), str(response.status_code))
                 if response.status_code == 200:
-                    payload = response.json()
+                    payload = _answer(response)
                     record.energy_j = payload.get("energy_j")
                     record.energy_source = payload.get("energy_source")
                     record.batch_size = payload.get("batch_size")

@@ -73,3 +73,5 @@ class ServedPoint:
     mean_compute_ms: float | None = None
     server_latency_mean_ms: float | None = None
     queue_wait_mean_ms: float | None = None
+    #: How the requests were sent (studies.serving.settings.Protocol).
+    protocol: str = "raw"

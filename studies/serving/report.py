@@ -126,6 +126,17 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"  batching gain (batch {gain['to_batch_size']} ÷ batch {gain['from_batch_size']}): "
             f"offline {_fmt(gain['offline'], '.2f')}×, served {_fmt(gain['served'], '.2f')}×"
         )
+    protocols = summary.get("protocols")
+    if protocols:
+        console.print(
+            f"\nprotocols ({protocols['model']}, max batch {protocols['max_batch_size']}, "
+            f"{protocols['concurrency']} in flight): Open Inference Protocol v2 binary "
+            f"{protocols['v2_binary_requests_per_s']:.0f} req/s ÷ /classify multipart "
+            f"{protocols['multipart_requests_per_s']:.0f} req/s "
+            f"(drift {_fmt(protocols['multipart_drift'], '+.0%')}) = {protocols['ratio']:.2f}; "
+            f"J/request v2 {_fmt(protocols['v2_binary_j_per_request'])}, multipart "
+            f"{_fmt(protocols['multipart_j_per_request'])} ({protocols['energy_source']})"
+        )
     overhead = summary["overhead"]
     if overhead:
         console.print(

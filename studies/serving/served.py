@@ -21,7 +21,7 @@ from loadgen.metrics import metric
 from studies.kit import server as servers
 from studies.kit.machine import delta
 from studies.kit.server import HOST, ServerError, running_server
-from studies.serving.client import LoadRun, drive, make_snapshot
+from studies.serving.client import LoadRun, drive, encode_requests, make_snapshot
 from studies.serving.points import ServedPoint
 from studies.serving.settings import BenchSettings, Step
 
@@ -86,6 +86,7 @@ def served_point(step: Step, settings: BenchSettings, run: LoadRun) -> ServedPoi
         other_cores = max(0.0, machine_s - server_cpu_s - client_cpu_s) / window_s
     point: dict[str, Any] = {
         "server": "greenserve" if step.kind == "served" else "bare",
+        "protocol": step.protocol,
         "model": step.model,
         "max_batch_size": step.batch_size,
         "concurrency": settings.concurrency_for(step.batch_size),
@@ -146,7 +147,7 @@ def measure_served(
 ) -> ServedPoint:
     """Start the step's server, drive it at saturation, stop it; the point's figures."""
     if step.kind == "served":
-        name = f"greenserve-{step.model}-b{step.batch_size}"
+        name = f"greenserve-{step.model}-b{step.batch_size}-{step.protocol}"
 
         def make_argv(port: int) -> list[str]:
             return greenserve_argv(step, settings, port)
@@ -161,7 +162,7 @@ def measure_served(
         run = asyncio.run(
             drive(
                 server.base_url,
-                bodies,
+                encode_requests(step.protocol, bodies, step.model),
                 concurrency=settings.concurrency_for(step.batch_size),
                 warmup_s=settings.warmup_s,
                 duration_s=settings.duration_s * share,

@@ -89,6 +89,13 @@ class BenchSettings:
     )
     noop_batch_size: int = field(default=16, metadata=_help("max batch of the no-op server"))
     overhead: bool = field(default=True, metadata=_help("measure the no-op overhead"))
+    protocols: bool = field(
+        default=True,
+        metadata=_help(
+            "measure the Open Inference Protocol (v2 infer, binary, one image per request) against "
+            "/classify multipart, the last model at the largest batch size"
+        ),
+    )
     quiet_wait_s: float = field(
         default=10.0,
         metadata=_help("before each point, wait up to this long for other processes to go quiet (0: off)"),
@@ -135,6 +142,11 @@ class BenchSettings:
 
 
 StepKind = Literal["offline", "served", "bare"]
+#: How a served step's requests are sent: ``raw`` (POST /classify, the JPEG as the body),
+#: ``multipart`` (POST /classify, a form with the file, as curl -F and browsers send it), ``v2``
+#: (the Open Inference Protocol's infer, the JPEG as a BYTES element in the binary extension, as
+#: tritonclient.http sends it).
+Protocol = Literal["raw", "multipart", "v2"]
 
 
 @dataclass(frozen=True)
@@ -146,9 +158,12 @@ class Step:
     model: str
     batch_size: int
     half: int = 0
+    protocol: Protocol = "raw"
 
     def label(self) -> str:
         what = {"offline": "offline", "served": "served", "bare": "bare FastAPI"}[self.kind]
+        if self.protocol != "raw":
+            what += {"multipart": " /classify multipart", "v2": " v2 infer binary"}[self.protocol]
         size = "batch" if self.kind == "offline" else "max batch"
         part = f", half {self.half}/2" if self.half else ""
         name = what if self.kind == "bare" else f"{self.model} {what}"
@@ -167,6 +182,14 @@ def plan(settings: BenchSettings) -> list[Step]:
                 Step("served", model, size),
                 Step("offline", model, size, half=2),
             ]
+    if settings.protocols:
+        # The Open Inference Protocol between two halves of /classify multipart, same server settings.
+        model, size = settings.models[-1], max(settings.batch_sizes)
+        steps += [
+            Step("served", model, size, half=1, protocol="multipart"),
+            Step("served", model, size, protocol="v2"),
+            Step("served", model, size, half=2, protocol="multipart"),
+        ]
     if settings.overhead:
         # The bare app brackets greenserve's no-op server the same way.
         steps += [

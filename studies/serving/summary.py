@@ -151,6 +151,34 @@ def bare_figures(halves: Sequence[ServedPoint]) -> tuple[float, float | None] | 
     return throughput, _drift(ordered[0].requests_per_s, ordered[-1].requests_per_s, throughput, len(ordered))
 
 
+def protocol_figures(served: Sequence[ServedPoint]) -> dict[str, Any] | None:
+    """The Open Inference Protocol (binary, one image per request) against /classify multipart on
+    the same model and batch settings: both throughputs, their ratio, and the J/request of each."""
+    v2 = next((p for p in served if p.protocol == "v2"), None)
+    halves = sorted((p for p in served if p.protocol == "multipart"), key=lambda p: p.half)
+    if v2 is None or not halves:
+        return None
+    multipart_rps = sum(p.requests_ok for p in halves) / sum(p.window_s for p in halves)
+    energies = [p.energy_j_per_request for p in halves if p.energy_j_per_request is not None]
+    return {
+        "model": v2.model,
+        "max_batch_size": v2.max_batch_size,
+        "concurrency": v2.concurrency,
+        "multipart_requests_per_s": multipart_rps,
+        "multipart_drift": _drift(
+            halves[0].requests_per_s, halves[-1].requests_per_s, multipart_rps, len(halves)
+        ),
+        "v2_binary_requests_per_s": v2.requests_per_s,
+        "ratio": v2.requests_per_s / multipart_rps,
+        "multipart_j_per_request": sum(energies) / len(energies) if energies else None,
+        "v2_binary_j_per_request": v2.energy_j_per_request,
+        "energy_source": v2.energy_source,
+        "multipart_mean_batch_size": halves[0].mean_batch_size,
+        "v2_binary_mean_batch_size": v2.mean_batch_size,
+        "errors": sum(v2.errors.values()) + sum(sum(p.errors.values()) for p in halves),
+    }
+
+
 def summarize(
     settings: BenchSettings, offline: Sequence[OfflinePoint], served: Sequence[ServedPoint]
 ) -> dict[str, Any]:
@@ -166,7 +194,10 @@ def summarize(
                     (
                         p
                         for p in served
-                        if p.server == "greenserve" and p.model == model and p.max_batch_size == size
+                        if p.server == "greenserve"
+                        and p.protocol == "raw"
+                        and p.model == model
+                        and p.max_batch_size == size
                     ),
                     None,
                 ),
@@ -187,7 +218,9 @@ def summarize(
                 "served": _ratio(largest.served_requests_per_s, smallest.served_requests_per_s),
             },
         }
-    noop = next((p for p in served if p.server == "greenserve" and p.model == "noop"), None)
+    noop = next(
+        (p for p in served if p.server == "greenserve" and p.model == "noop" and p.protocol == "raw"), None
+    )
     bare = bare_figures([p for p in served if p.server == "bare"])
     overhead = None
     if noop is not None and bare is not None:
@@ -207,5 +240,6 @@ def summarize(
     return {
         "models": models,
         "overhead": overhead,
+        "protocols": protocol_figures(served),
         "errors_total": sum(sum(p.errors.values()) for p in served),
     }

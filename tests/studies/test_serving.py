@@ -37,9 +37,16 @@ def offline(model: str, batch_size: int, half: int, images_per_s: float, j_per_i
 
 
 def served(
-    server: str, model: str, batch_size: int, rps: float, j: float | None, half: int = 0
+    server: str,
+    model: str,
+    batch_size: int,
+    rps: float,
+    j: float | None,
+    half: int = 0,
+    protocol: str = "raw",
 ) -> ServedPoint:
     return ServedPoint(
+        protocol=protocol,
         server=server, model=model, max_batch_size=batch_size, concurrency=2 * batch_size + 2, half=half,  # type: ignore[arg-type]
         window_s=10.0, requests_ok=int(rps * 10), errors={}, requests_per_s=rps, latency_p50_ms=10.0,
         latency_p99_ms=20.0, latency_mean_ms=11.0, client_cpu_ms_per_request=2.0,
@@ -82,6 +89,49 @@ def test_summary_ratios_gain_and_verdicts() -> None:
     gain = summary["models"]["resnet18"]["batching_gain"]
     assert gain["offline"] == 2.0 and gain["served"] == 16.0 / 9.5
     assert summary["overhead"]["ratio"] == 0.8
+    assert summary["protocols"] is None  # not measured
+
+
+def test_plan_and_summary_of_the_protocol_line() -> None:
+    settings = BenchSettings(models=("resnet18", "shufflenet_v2_x0_5"), batch_sizes=(1, 16), overhead=False)
+    steps = [(s.protocol, s.model, s.batch_size, s.half) for s in plan(settings) if s.protocol != "raw"]
+    # The light model at the largest batch: v2 between two halves of /classify multipart.
+    assert steps == [
+        ("multipart", "shufflenet_v2_x0_5", 16, 1),
+        ("v2", "shufflenet_v2_x0_5", 16, 0),
+        ("multipart", "shufflenet_v2_x0_5", 16, 2),
+    ]
+    assert not [s for s in plan(BenchSettings(protocols=False)) if s.protocol != "raw"]
+    points = [
+        *SERVED,
+        served("greenserve", "shufflenet_v2_x0_5", 16, 100.0, 0.02, half=1, protocol="multipart"),
+        served("greenserve", "shufflenet_v2_x0_5", 16, 120.0, 0.018, protocol="v2"),
+        served("greenserve", "shufflenet_v2_x0_5", 16, 100.0, 0.02, half=2, protocol="multipart"),
+    ]
+    summary = summarize(BenchSettings(models=("resnet18",), batch_sizes=(1, 16)), OFFLINE, points)
+    protocols = summary["protocols"]
+    assert protocols["ratio"] == pytest.approx(1.2) and protocols["multipart_requests_per_s"] == 100.0
+    assert protocols["v2_binary_j_per_request"] == 0.018 and protocols["multipart_j_per_request"] == 0.02
+    # The protocol points are not the raw /classify rows of their model.
+    rows = {row["batch_size"]: row for row in summary["models"]["resnet18"]["rows"]}
+    assert rows[16]["served_requests_per_s"] == 16.0
+
+
+@pytest.mark.asyncio
+async def test_each_protocols_requests_are_answered_and_read() -> None:
+    from loadgen.images import make_jpegs
+    from studies.serving.client import _answer, encode_requests
+    from tests.conftest import make_settings, running_app
+    from tests.fakes import FakeClassifier
+
+    jpegs = make_jpegs(2, seed=0)
+    async with running_app(make_settings(), FakeClassifier()) as (_, client):
+        for protocol in ("raw", "multipart", "v2"):
+            for request in encode_requests(protocol, jpegs, "fake"):
+                response = await client.post(request.path, content=request.content, headers=request.headers)
+                assert response.status_code == 200, (protocol, response.text)
+                answer = _answer(response)
+                assert answer["energy_source"] == "estimate" and answer["energy_j"] > 0, (protocol, answer)
 
 
 # --- settings, flags, plan announcement, report from the file -------------------------------------
