@@ -269,3 +269,30 @@ async def test_more_images_than_max_batch_size_is_400_and_a_bad_timeout_header_t
         answer = await client.post("/v2/models/fake/infer", json=tensor)
         assert answer.status_code == 200, answer.text
         assert np.argmax(answer.json()["outputs"][0]["data"]) == 3
+
+
+@pytest.mark.asyncio
+async def test_an_expired_deadline_fails_the_request_and_none_of_its_items_is_computed() -> None:
+    """Three images queue behind a held batch with a 30 ms deadline: 504, none of the three is
+    computed once the model is free, and no queue place is left taken."""
+    fake = FakeClassifier()
+    async with running_app(make_settings(max_batch_size=4, max_wait_ms=0), fake) as (app, client):
+        fake.gate.clear()
+        fake.entered.clear()
+        running = asyncio.create_task(
+            client.post("/classify", content=gray_png(1), headers={"content-type": "image/png"})
+        )
+        await asyncio.to_thread(fake.entered.wait, 10)
+        late = await client.post(
+            "/v2/models/fake/infer",
+            json=infer_body(gray_png(71), gray_png(72), gray_png(73)),
+            headers={"x-request-timeout-ms": "30"},
+        )
+        assert_protocol_error(late, 504, "deadline")
+        fake.gate.set()
+        assert (await running).status_code == 200
+        fine = await client.post("/v2/models/fake/infer", json=infer_body(gray_png(2)))
+        assert fine.status_code == 200
+        assert not {71, 72, 73} & set(fake.computed), fake.computed
+        batcher = app.state.server.batcher
+        assert batcher.queue_depth == 0 and batcher.reserved == 0  # no place leaked
