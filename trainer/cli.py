@@ -38,16 +38,29 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
 
 
 def add_study_command(
-    sub: Any, name: str, help_text: str, settings_cls: type, run: Callable[[Any, Path], Path]
+    sub: Any,
+    name: str,
+    help_text: str,
+    settings_cls: type,
+    run: Callable[[Any, Path], Path],
+    *,
+    report: Callable[[Any, Path], Path] | None = None,
+    report_help: str = "write the report from the stored results alone; run nothing",
 ) -> argparse.ArgumentParser:
     """A study command under ``sub``: flags from its settings dataclass, ``--out`` (default
-    ``results/<name>``), and ``run(settings, out_dir)``, whose returned path is printed."""
+    ``results/<name>``), and ``run(settings, out_dir)``, whose returned path is printed; with
+    ``report``, also ``--report-only``, which calls ``report(settings, out_dir)`` instead."""
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
     add_dataclass_flags(parser, settings_cls)
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS / name, help="results directory")
+    if report is not None:
+        parser.add_argument("--report-only", action="store_true", help=report_help)
 
     def handle(args: argparse.Namespace) -> list[Path]:
-        return [run(dataclass_from_args(settings_cls, args), args.out)]
+        settings = dataclass_from_args(settings_cls, args)
+        if report is not None and args.report_only:
+            return [report(settings, args.out)]
+        return [run(settings, args.out)]
 
     parser.set_defaults(handler=lambda args: _run(handle, args))
     return parser

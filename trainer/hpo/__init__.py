@@ -15,7 +15,7 @@ See ``docs/hpo.md`` for the strategies, ranges, resume rules and how to read the
 """
 
 from trainer.hpo.report import summary_markdown, write_hpo_report
-from trainer.hpo.run import run_hpo
+from trainer.hpo.run import report_hpo, run_hpo
 from trainer.hpo.search import grid_values, make_pruner, make_sampler, study_name
 from trainer.hpo.settings import (
     DEFAULT_EPOCHS,
@@ -51,6 +51,7 @@ __all__ = [
     "make_sampler",
     "parse_model_params",
     "read_trials_csv",
+    "report_hpo",
     "run_hpo",
     "study_name",
     "summarize_trials",

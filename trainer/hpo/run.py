@@ -28,8 +28,19 @@ from studies.kit.progress import announce, progress_bar
 from trainer.data import Dataset, load_dataset
 from trainer.errors import TrainerError
 from trainer.hpo.report import write_hpo_report
-from trainer.hpo.search import finished_trials, load_study, open_storage
+from trainer.hpo.search import display_url, finished_trials, load_study, open_storage, study_name
 from trainer.hpo.settings import PARAM_RANGES, HpoSettings
+from trainer.hpo.shared import (
+    POLL_S,
+    check_same_settings,
+    claim_trial,
+    fail_stale,
+    finished_count,
+    heartbeat,
+    run_trial,
+    trial_sampler,
+    worker_id,
+)
 from trainer.hpo.summary import best_so_far, resolve_target
 from trainer.hpo.table import (
     SETTINGS_JSON,
@@ -71,11 +82,15 @@ def _prepare(settings: HpoSettings, out_dir: Path) -> _Prepared:
     build_model(
         settings.model, input_shape=data.input_shape, num_classes=data.num_classes, **settings.model_params
     )
-    storage_url = settings.storage or f"sqlite:///{out_dir.resolve() / 'hpo.db'}"
+    storage_url = _storage_url(settings, out_dir)
     meter = StudyEnergy.open(
         settings.energy_source, device=settings.device, watts_per_core=settings.watts_per_core
     )
     return _Prepared(data, meter, storage_url)
+
+
+def _storage_url(settings: HpoSettings, out_dir: Path) -> str:
+    return settings.storage or f"sqlite:///{out_dir.resolve() / 'hpo.db'}"
 
 
 class _Marks:
@@ -103,6 +118,7 @@ def _objective(
     # trials then differ only by their hyperparameters.
     train_seed = settings.seed + repeat
     data = prepared.data
+    worker = worker_id()
 
     def objective(trial: optuna.Trial) -> float:
         params = {
@@ -157,6 +173,12 @@ def _objective(
             "energy_j": result.energy_j,
             "energy_net_j": result.energy_net_j,
             "energy_source": result.energy_source,
+            # Whether energy_j includes the devices' idle draw (None: unknown source), the idle
+            # power energy_net_j subtracts, and who measured: a shared study's trials come from
+            # several workers, each with its own meter.
+            "energy_idle_included": source_idle_included(result.energy_source),
+            "idle_power_w": result.idle_power_w,
+            "worker": worker,
             "seconds": result.seconds,
             "epochs_run": result.epochs_run,
             "pruned": pruned,
@@ -190,7 +212,7 @@ def run_hpo(settings: HpoSettings, out_dir: Path, *, progress: bool = True) -> P
         if settings.torch_threads > 0:
             torch.set_num_threads(settings.torch_threads)
         out_dir.mkdir(parents=True, exist_ok=True)
-        storage = open_storage(prepared.storage_url)
+        storage = open_storage(prepared.storage_url, shared=settings.shared)
         try:
             prepared.meter.start()
             rows = _run_studies(settings, prepared, storage, progress=progress)
@@ -202,7 +224,28 @@ def run_hpo(settings: HpoSettings, out_dir: Path, *, progress: bool = True) -> P
         optuna.logging.set_verbosity(previous_verbosity)
         torch.set_num_threads(previous_threads)
     wall_s = time.monotonic() - started
+    trials_csv = _write_results(
+        settings,
+        out_dir,
+        rows,
+        storage_url=prepared.storage_url,
+        energy_source=prepared.meter.source,
+        extra={"wall_s": round(wall_s, 3)},
+    )
+    logger.info("HPO: %d trials in %s (%.1f s)", len(rows), trials_csv, wall_s)
+    return trials_csv
 
+
+def _write_results(
+    settings: HpoSettings,
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    *,
+    storage_url: str,
+    energy_source: str,
+    extra: dict[str, Any],
+) -> Path:
+    """The trials table (with the target), ``hpo_settings.json`` and the report; the table's path."""
     target = resolve_target(rows, settings.target_accuracy, settings.target_fraction)
     for row in rows:
         row["target_accuracy"] = target
@@ -210,7 +253,10 @@ def run_hpo(settings: HpoSettings, out_dir: Path, *, progress: bool = True) -> P
     columns = [*TRIAL_KEY_COLUMNS, *settings.param_names, *TRIAL_RESULT_COLUMNS]
     write_table(trials_csv, columns, rows)
     provenance = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        "settings": {
+            k: (display_url(v) if k == "storage" and v else str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(settings).items()
+        },
         "effective": {
             "rounds": settings.n_rounds,
             "repeats": settings.n_repeats,
@@ -218,13 +264,64 @@ def run_hpo(settings: HpoSettings, out_dir: Path, *, progress: bool = True) -> P
             "limit": settings.data_limit,
         },
         "fingerprint": settings.fingerprint(),
-        "storage": prepared.storage_url,
-        "energy_source": prepared.meter.source,
-        "wall_s": round(wall_s, 3),
+        "storage": display_url(storage_url),
+        "energy_source": energy_source,
+        **extra,
     }
     write_text_atomic(out_dir / SETTINGS_JSON, json.dumps(provenance, indent=2, default=str) + "\n")
     write_hpo_report(trials_csv, out_dir)
-    logger.info("HPO: %d trials in %s (%.1f s)", len(rows), trials_csv, wall_s)
+    return trials_csv
+
+
+def report_hpo(settings: HpoSettings, out_dir: Path) -> Path:
+    """The trials table, summary and plots of ``settings``' studies, read from the storage alone:
+    nothing trains, no data is loaded (``greenserve train hpo --report-only``).
+
+    The studies are found by their names, as a run finds them, so give the flags the workers were
+    given (``--storage``, ``--study-name`` and the settings). Each study contributes its first
+    ``rounds`` finished trials, as in :func:`run_hpo`, whose report this equals for the same trials;
+    a study still short of rounds (workers still running) is reported as far as it got, with a
+    warning. Returns the path of ``hpo_trials.csv``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainerError(f"output directory {out_dir} exists and is not a directory")
+    url = _storage_url(settings, out_dir)
+    if settings.storage is None and not (out_dir / "hpo.db").is_file():
+        raise TrainerError(f"no storage at {out_dir / 'hpo.db'}: run the study first, or give --storage")
+    rounds = settings.n_rounds
+    rows: list[dict[str, Any]] = []
+    storage = open_storage(url)
+    try:
+        for strategy in settings.strategies:
+            for repeat in range(settings.n_repeats):
+                name = study_name(settings, strategy, repeat)
+                try:
+                    study = optuna.load_study(study_name=name, storage=storage)
+                except KeyError:
+                    if settings.shared:
+                        check_same_settings(settings, storage)  # says which settings are there
+                    raise TrainerError(
+                        f"no study {name} in {display_url(url)}: nothing to report for these settings "
+                        "(give the flags the run was given)"
+                    ) from None
+                trials = finished_trials(study)[:rounds]
+                if len(trials) < rounds:
+                    logger.warning(
+                        "study %s: %d of %d rounds finished; reporting those", name, len(trials), rounds
+                    )
+                rows.extend(_trial_rows(settings, strategy, repeat, name, trials))
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+    if not rows:
+        raise TrainerError(f"the studies in {display_url(url)} have no finished trial yet")
+    sources = "+".join(sorted({str(r["energy_source"]) for r in rows}))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials_csv = _write_results(
+        settings, out_dir, rows, storage_url=url, energy_source=sources, extra={"report_only": True}
+    )
+    logger.info("HPO report: %d trials from %s in %s", len(rows), display_url(url), trials_csv)
     return trials_csv
 
 
@@ -253,6 +350,8 @@ def _run_studies(
     settings: HpoSettings, prepared: _Prepared, storage: optuna.storages.BaseStorage, *, progress: bool
 ) -> list[dict[str, Any]]:
     rounds = settings.n_rounds
+    if settings.shared:
+        check_same_settings(settings, storage)
     studies = {
         (strategy, repeat): load_study(settings, strategy, repeat, storage)
         for strategy in settings.strategies
@@ -265,6 +364,9 @@ def _run_studies(
     estimate = None if epoch_s is None else epoch_s * settings.n_epochs * (total - finished)
     announce(STUDY, plan_text(settings, len(studies)), units=total, done=finished, estimate_s=estimate)
     marks = _Marks(prepared.meter)
+    if settings.shared:
+        _run_shared(settings, prepared, storage, studies, marks, finished=finished, progress=progress)
+        return _rows(settings, studies)
     with progress_bar("HPO trials", total, completed=finished, enabled=progress) as step:
         for (strategy, repeat), study in studies.items():
             missing = rounds - done[(strategy, repeat)]
@@ -292,11 +394,81 @@ def _run_studies(
                         f"study {study.study_name}: trials fail without finishing; see the log"
                     )
                 missing = rounds - now
+    return _rows(settings, studies)
+
+
+def _rows(settings: HpoSettings, studies: dict[tuple[str, int], optuna.Study]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for (strategy, repeat), study in studies.items():
-        trials = finished_trials(study)[:rounds]
+        trials = finished_trials(study)[: settings.n_rounds]
         rows.extend(_trial_rows(settings, strategy, repeat, study.study_name, trials))
     return rows
+
+
+def _run_shared(
+    settings: HpoSettings,
+    prepared: _Prepared,
+    storage: optuna.storages.BaseStorage,
+    studies: dict[tuple[str, int], optuna.Study],
+    marks: _Marks,
+    *,
+    finished: int,
+    progress: bool,
+) -> None:
+    """Run this worker's share of the shared studies (:mod:`trainer.hpo.shared`): claim free rounds
+    study by study; with none left to claim, wait for the other workers' running trials, and take
+    over any round whose trial failed or whose worker stopped beating. Returns once every study has
+    its ``rounds`` finished trials, whoever ran them."""
+    rounds = settings.n_rounds
+    total = rounds * len(studies)
+    failed_in_a_row = 0
+    ran_here = 0  # trials this worker ran that finished (complete or pruned)
+    waiting_logged = False
+    with progress_bar("HPO trials", total, completed=finished, enabled=progress) as step:
+        shown = finished
+
+        def show(label: str) -> int:
+            nonlocal shown
+            done = finished_count(studies, rounds)
+            for _ in range(done - shown):
+                step(label, True)
+            shown = max(shown, done)
+            return done
+
+        while True:
+            ran = 0
+            for (strategy, repeat), study in studies.items():
+                label = f"HPO {strategy} r{repeat}"
+                objective = _objective(settings, strategy, repeat, prepared, marks)
+                fail_stale(study)
+                while (trial := claim_trial(study, rounds, storage)) is not None:
+                    step(label, False)
+                    study.sampler = trial_sampler(settings, strategy, repeat, trial.number)
+                    with heartbeat(storage, trial):
+                        state = run_trial(study, trial, objective)
+                    ran += 1
+                    ran_here += state != TrialState.FAIL
+                    failed_in_a_row = failed_in_a_row + 1 if state == TrialState.FAIL else 0
+                    if failed_in_a_row >= rounds:  # trials fail without raising: do not loop forever
+                        raise TrainerError(
+                            f"study {study.study_name}: trials fail without finishing; see the log"
+                        )
+                    show(label)
+            if show("HPO: waiting for other workers") >= total:
+                logger.info(
+                    "HPO: every study has its %d rounds; worker %s ran %d of the %d missing at its start",
+                    rounds,
+                    worker_id(),
+                    ran_here,
+                    total - finished,
+                )
+                return
+            if not ran:
+                if not waiting_logged:
+                    logger.info("HPO: every round is taken; waiting for the other workers' trials")
+                    waiting_logged = True
+                time.sleep(POLL_S)
+                marks.reset()  # waiting is not the sampler's overhead
 
 
 def _trial_rows(

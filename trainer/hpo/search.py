@@ -4,13 +4,17 @@ their RDB storage (a deterministic name per strategy × repeat, so a killed run 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
 import warnings
 from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.event
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from trainer.errors import TrainerError
@@ -75,8 +79,28 @@ def make_pruner(strategy: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def study_name(settings: HpoSettings, strategy: str, repeat: int) -> str:
-    """The storage name of one study: the same settings always name the same study."""
-    return f"hpo-{strategy}-r{repeat}-{settings.fingerprint()}"
+    """The storage name of one study: the same settings always name the same study.
+
+    ``<study_name>-<strategy>-r<repeat>-<fingerprint>``, ``hpo`` when no ``study_name`` is given.
+    """
+    return f"{settings.name_prefix}-{strategy}-r{repeat}-{settings.fingerprint()}"
+
+
+#: The study user attribute that says what a study is (settings, strategy, repeat), for a reader of
+#: the storage alone (``optuna-dashboard``, a worker that joins, a refusal's message).
+RECORD_ATTR = "greenserve_hpo"
+
+
+def study_record(settings: HpoSettings, strategy: str, repeat: int) -> dict[str, Any]:
+    """What :data:`RECORD_ATTR` holds: the study's name prefix, strategy, repeat, fingerprint and the
+    settings the fingerprint hashes (JSON values)."""
+    return {
+        "study_name": settings.name_prefix,
+        "strategy": strategy,
+        "repeat": repeat,
+        "fingerprint": settings.fingerprint(),
+        "identity": json.loads(json.dumps(settings.identity(), default=str)),
+    }
 
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -89,9 +113,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The Optuna storage at ``url`` (SQLite in WAL mode)."""
-    storage = optuna.storages.RDBStorage(url)
+def driver_url(url: str) -> str:
+    """``url`` with a driver SQLAlchemy can load: a bare ``postgresql://`` means psycopg2 to
+    SQLAlchemy; where only psycopg (3) is installed, ``postgresql+psycopg://``."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if (
+        parsed.drivername == "postgresql"
+        and importlib.util.find_spec("psycopg2") is None
+        and importlib.util.find_spec("psycopg") is not None
+    ):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password hidden, for logs and ``hpo_settings.json``."""
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def open_storage(url: str, *, shared: bool = False) -> optuna.storages.RDBStorage:
+    """The Optuna storage at ``url`` (SQLite in WAL mode); for one of several workers when ``shared``
+    (:func:`trainer.hpo.shared.open_shared_storage`: heartbeats, concurrent table creation)."""
+    url = driver_url(url)
+    try:
+        if shared:
+            from trainer.hpo.shared import open_shared_storage
+
+            return open_shared_storage(url)
+        storage = optuna.storages.RDBStorage(url)
+    except (ImportError, sqlalchemy.exc.OperationalError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ImportError):
+            reason += " (PostgreSQL needs a driver: pip install 'psycopg[binary]')"
+        raise TrainerError(f"cannot open the storage {display_url(url)}: {reason}") from exc
     if storage.engine.dialect.name == "sqlite":
         # Optuna commits every report and attribute (~25 commits a trial), and SQLite's default
         # journal waits for an fsync on each: 0.1-0.2 s a trial here. WAL with synchronous=NORMAL
@@ -106,7 +160,12 @@ def load_study(
     settings: HpoSettings, strategy: str, repeat: int, storage: optuna.storages.BaseStorage
 ) -> optuna.Study:
     """The study of ``strategy`` × ``repeat`` in ``storage``, created or resumed; a trial a killed
-    run left RUNNING is marked failed."""
+    run left RUNNING is marked failed. Shared studies (``settings.study_name`` given) are
+    :func:`trainer.hpo.shared.join_study`'s."""
+    if settings.shared:
+        from trainer.hpo.shared import join_study
+
+        return join_study(settings, strategy, repeat, storage)
     name = study_name(settings, strategy, repeat)
     # Samplers cannot restore their random state, so a resumed study gets a fresh stream mixed with
     # the number of trials already made (else random search would replay its first points). The
@@ -134,7 +193,14 @@ def load_study(
             "study %s: trial %d was left running by a killed run; marking it failed", name, stale.number
         )
         study.tell(stale.number, state=TrialState.FAIL, skip_if_finished=True)
+    record_study(study, settings, strategy, repeat)
     return study
+
+
+def record_study(study: optuna.Study, settings: HpoSettings, strategy: str, repeat: int) -> None:
+    """Write the study's :data:`RECORD_ATTR` once (several workers may write the same value)."""
+    if RECORD_ATTR not in study.user_attrs:
+        study.set_user_attr(RECORD_ATTR, study_record(settings, strategy, repeat))
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,6 +35,9 @@ DEFAULT_EPOCHS, QUICK_EPOCHS = 5, 2
 QUICK_LIMIT = 400
 #: The default target accuracy is this fraction of the best accuracy any strategy reached.
 DEFAULT_TARGET_FRACTION = 0.99
+#: The studies' name prefix when ``study_name`` is not given (the single-process run's names).
+DEFAULT_STUDY_NAME = "hpo"
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*(?:-[A-Za-z0-9_.]+)*")
 
 
 class ParamRange(NamedTuple):
@@ -124,6 +128,8 @@ class HpoSettings:
     idle_s: float = 1.0  # idle-power measurement, once before the first trial (sensor sources only)
     torch_threads: int = 1  # torch's intra-op threads during the run; 0: leave torch's setting alone
     storage: str | None = None  # Optuna RDB URL; None: sqlite:///<out_dir>/hpo.db
+    # A name shared by several workers (processes or machines) on one storage; None: one process.
+    study_name: str | None = None
     quick: bool = False
 
     def __post_init__(self) -> None:
@@ -196,6 +202,13 @@ class HpoSettings:
                 raise TrainerError(
                     f"storage must be a database URL such as sqlite:///hpo.db, got {self.storage!r}"
                 ) from exc
+        if self.study_name is not None and not (
+            len(self.study_name) <= 100 and _STUDY_NAME.fullmatch(self.study_name)
+        ):
+            raise TrainerError(
+                "study_name must be 1-100 letters, digits, '_', '.' or single '-' between them "
+                f"(e.g. hpo-digits-2026), got {self.study_name!r}"
+            )
 
     # Effective values: explicit settings win, then quick, then the full-run defaults.
     @property
@@ -224,13 +237,19 @@ class HpoSettings:
     def grid_size(self) -> int:
         return int(GRID_POINTS_PER_PARAM ** len(SPACES[self.space]))
 
-    def fingerprint(self) -> str:
-        """A short hash of everything that changes a trial's result; rounds, repeats and strategies excluded.
+    @property
+    def shared(self) -> bool:
+        """Whether several workers may share the studies (``study_name`` given)."""
+        return self.study_name is not None
 
-        Two runs with the same fingerprint share their studies in the storage: that is what lets a
-        killed run resume, and a run with more rounds or repeats extend an earlier one.
-        """
-        identity = {
+    @property
+    def name_prefix(self) -> str:
+        """The first part of every study's name: ``study_name``, else ``hpo``."""
+        return self.study_name if self.study_name is not None else DEFAULT_STUDY_NAME
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes a trial's result (what :meth:`fingerprint` hashes), as plain values."""
+        return {
             "v": 1,
             "dataset": self.dataset,
             "data_dir": None if self.data_dir is None else str(self.data_dir),
@@ -247,5 +266,12 @@ class HpoSettings:
             "watts_per_core": self.watts_per_core,
             "idle_s": self.idle_s,
         }
-        text = json.dumps(identity, sort_keys=True, default=str)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes a trial's result; rounds, repeats and strategies excluded.
+
+        Two runs with the same fingerprint share their studies in the storage: that is what lets a
+        killed run resume, and a run with more rounds or repeats extend an earlier one.
+        """
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
