@@ -16,6 +16,7 @@ A run writes, in its output directory: ``summary.json`` (schema :data:`SCHEMA`, 
 
 from loadgen.loadtest.cli import build_parser, main, plan
 from loadgen.loadtest.records import (
+    LOST,
     NOT_SENT,
     REQUEST_LOG_COLUMNS,
     UNFINISHED,
@@ -58,6 +59,7 @@ __all__ = [
     "DEFAULT_LAG_THRESHOLD_MS",
     "LOCUSTFILE",
     "LOG_NAME",
+    "LOST",
     "MAX_SPAWN_RATE",
     "NOT_SENT",
     "REPO_ROOT",

@@ -13,9 +13,11 @@ from loadgen.figures import percentiles_ms
 from studies.kit.files import write_text_atomic
 
 #: Statuses that are not HTTP codes: the request was never sent (the run stopped first), or was
-#: sent but had no answer when the run stopped.
+#: sent but had no answer when the run stopped; in a distributed run, the worker it was dealt to
+#: never reported it (sent or not, its fate is unknown).
 NOT_SENT = "not_sent"
 UNFINISHED = "unfinished"
+LOST = "lost"
 
 
 @dataclass
@@ -24,7 +26,7 @@ class RequestRecord:
 
     ``scheduled_s`` is the trace's arrival time (``None`` in closed loop, where a request is
     sent when its user is ready); ``status`` is the HTTP code, the exception's class name for a
-    transport failure, or :data:`NOT_SENT` / :data:`UNFINISHED`.
+    transport failure, or :data:`NOT_SENT` / :data:`UNFINISHED` / :data:`LOST`.
     """
 
     index: int

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from loadgen.errors import LoadgenError
 from loadgen.figures import OPTIONAL_FIGURES, RunFigures, percentiles_ms
-from loadgen.loadtest.records import NOT_SENT, UNFINISHED, RequestRecord, lag_stats
+from loadgen.loadtest.records import LOST, NOT_SENT, UNFINISHED, RequestRecord, lag_stats
 from loadgen.loadtest.server_delta import ServerDelta
 from loadgen.loadtest.settings import SCHEMA
 from studies.kit.files import write_text_atomic
@@ -70,12 +70,18 @@ def build_summary(
     server_error: str | None = None,
     cut_at_stop: int = 0,
     t0_unix: float | None = None,
+    distributed: Mapping[str, Any] | None = None,
+    extra_warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The ``summary.json`` object (schema :data:`SCHEMA`; documented in ``docs/loadtest.md``)."""
+    """The ``summary.json`` object (schema :data:`SCHEMA`; documented in ``docs/loadtest.md``).
+
+    A distributed run adds its ``distributed`` block (the workers and their shares) and the
+    warnings of the merge; a single process's summary has no ``distributed`` key."""
     figures = run_figures(records, server)
     latencies = [lat for r in records if r.status == "200" and (lat := r.latency_s) is not None]
     lag = lag_stats(records, lag_threshold_ms) if mode == "trace" else None
     warnings = [w for w in (lag.warning if lag else None, server_error) if w]
+    warnings.extend(extra_warnings)
     if server is not None and server.energy_read_errors:
         failing = ", ".join(f"{source} × {n}" for source, n in server.energy_read_errors.items())
         warnings.append(
@@ -90,7 +96,7 @@ def build_summary(
         )
     if not finished:
         warnings.append("the run stopped before every request was answered (time limit or interruption)")
-    return {
+    summary: dict[str, Any] = {
         "schema": SCHEMA,
         "mode": mode,
         "finished": finished,
@@ -100,7 +106,7 @@ def build_summary(
         "requests": {
             "total": len(records),
             "sent": sum(1 for r in records if r.start_s is not None),
-            "answered": sum(1 for r in records if r.status not in (NOT_SENT, UNFINISHED)),
+            "answered": sum(1 for r in records if r.status not in (NOT_SENT, UNFINISHED, LOST)),
             "by_status": status_counts(records),
             "cut_at_stop": cut_at_stop,
         },
@@ -119,6 +125,9 @@ def build_summary(
         "warnings": warnings,
         "files": dict(files),
     }
+    if distributed is not None:
+        summary["distributed"] = dict(distributed)
+    return summary
 
 
 def write_summary(summary: Mapping[str, Any], path: Path) -> Path:
