@@ -25,6 +25,11 @@ At the start and the end of a test the server's ``/metrics`` is scraped; the sum
 (``--summary-json``, the figures of :mod:`loadgen.figures`) joins the client's view (status,
 latency, lag) with the server's (joules per request and their source, mean batch size,
 rejections). The pure parts live in :mod:`loadgen.loadtest`.
+
+**Distributed** (Locust's ``--master`` with ``--worker`` processes, or ``--processes N``): a trace
+only. The master deals the arrivals among its workers and sends each its share, then merges the
+records they send back and writes the same files as one process would
+(:mod:`loadgen.loadtest.distributed`). Closed-loop users run in one process.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import gevent  # type: ignore[import-untyped]
 import httpx
+from gevent.event import Event  # type: ignore[import-untyped]
 from gevent.pool import Pool  # type: ignore[import-untyped]
 from locust import FastHttpUser, LoadTestShape, User, events, task
 from locust.argument_parser import LocustArgumentParser
@@ -50,10 +56,24 @@ from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
 from locust.event import EventHook
 from locust.exception import StopUser
-from locust.runners import LocalRunner
+from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
 
 from loadgen.errors import LoadgenError
 from loadgen.images import ImageSourceError, Payload, default_sample_for, load_payloads
+from loadgen.loadtest.distributed import (
+    COLLECT_GRACE_S,
+    ERROR_MESSAGE,
+    GO_MESSAGE,
+    READY_MESSAGE,
+    READY_TIMEOUT_S,
+    RECORDS_MESSAGE,
+    SHARE_MESSAGE,
+    START_LEAD_S,
+    STATS_CATCH_UP_S,
+    Collector,
+    Share,
+    chunks,
+)
 from loadgen.loadtest.records import NOT_SENT, UNFINISHED, RequestRecord, write_request_log
 from loadgen.loadtest.report import format_report
 from loadgen.loadtest.server_delta import server_delta
@@ -162,6 +182,18 @@ class LoadTestRun:
     finished: bool = False
     images: str = ""  # the source the payloads came from
     _next: itertools.count[int] = field(default_factory=itertools.count)
+    # Distributed: this process's part, the master's merge of its workers' records (and a worker's
+    # error, which fails the run), a worker's share.
+    role: Literal["local", "master", "worker"] = "local"
+    collector: Collector | None = None
+    ready_deadline: float = 0.0  # monotonic: every worker ready by then
+    collect_deadline: float | None = None  # monotonic, from go: every share back by then
+    stats_wait_since: float | None = None
+    worker_error: str | None = None
+    share: Share | None = None
+    share_taken: bool = False
+    share_ready: Any = None  # gevent Events: the master's share is here (and loaded); go came
+    go: Any = None
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -274,6 +306,8 @@ class LoadTestRun:
     def tick(self, run_time_s: float) -> tuple[int, float, list[type[User]]] | None:
         """What :class:`GreenserveShape` returns: users, spawn rate and user class; ``None`` ends the test."""
         options = self.options
+        if self.role == "master":
+            return self._master_tick()
         limit_s = options.run_time
         if limit_s and run_time_s >= limit_s:
             return None
@@ -287,6 +321,8 @@ class LoadTestRun:
     # --- the run --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.role == "worker":
+            return  # a worker's test starts with its share (_take_share)
         self.replay_done = self.finished = False
         self.scrape_error = None
         if self.trace is None and self.stages is None:
@@ -303,6 +339,8 @@ class LoadTestRun:
                 RequestRecord(index=n, image_id=payload.image_id, scheduled_s=t)
                 for n, (t, payload) in enumerate(zip(self.trace.times, self.plan, strict=True))
             ]
+        if self.role == "master":
+            self._deal()
 
     def next_closed(self) -> tuple[RequestRecord, Payload]:
         n = next(self._next)
@@ -343,36 +381,66 @@ class LoadTestRun:
             except (ValueError, KeyError, TypeError):
                 record.status = "invalid_response"
 
-    def replay(self, client: FastHttpSession) -> None:
+    def replay(
+        self, client: FastHttpSession, *, t0: float | None = None, stop_at: float | None = None
+    ) -> None:
         """Start each arrival at its trace time, whatever is still in flight; then wait for the answers.
 
         One dispatcher sleeps until each arrival and spawns a greenlet for it, so a slow answer
         never delays the next request. The pool only bounds requests in flight
         (``--max-in-flight``); a full pool delays starts, which then show as lag.
+
+        A worker gives the master's origin ``t0`` (monotonic) and, with ``--max-s``, ``stop_at``:
+        nothing is sent, nor awaited, from then on.
         """
         pool = Pool(size=self.options.max_in_flight)
-        self.t0 = time.monotonic()
-        self.t0_unix = time.time()
+        if t0 is None:
+            self.t0 = time.monotonic()
+            self.t0_unix = time.time()
+        else:
+            self.t0 = t0
+        sent_all = True
         try:
             for record, payload in zip(self.records, self.plan, strict=True):
                 assert record.scheduled_s is not None
-                delay_s = self.t0 + record.scheduled_s - time.monotonic()
+                due = self.t0 + record.scheduled_s
+                if stop_at is not None and due >= stop_at:
+                    sent_all = False
+                    break
+                delay_s = due - time.monotonic()
                 if delay_s > 0:
                     gevent.sleep(delay_s)
                 pool.spawn(self.send, client, record, payload)
-            self.finished = bool(pool.join(timeout=self.options.drain_timeout_s))
-            if not self.finished:
+            wait_s = self.options.drain_timeout_s
+            if stop_at is not None:
+                wait_s = max(0.0, min(wait_s, stop_at - time.monotonic()))
+            self.finished = bool(pool.join(timeout=wait_s)) and sent_all
+            if len(pool):
                 logger.warning(
-                    "%d requests still unanswered %g s after the last arrival; stopping",
-                    len(pool),
-                    self.options.drain_timeout_s,
+                    "%d requests still unanswered %g s after the last arrival; stopping", len(pool), wait_s
                 )
         finally:
             self.replay_done = True
-            pool.kill(block=False)
+            # A worker reports its records right after: its cut requests must be over by then.
+            pool.kill(block=t0 is not None, timeout=5)
 
     def stop(self) -> None:
-        """Scrape /metrics again, then write the summary and the request log, and print the report."""
+        """Scrape /metrics again, then write the summary and the request log, and print the report.
+
+        A master first puts its workers' records together; a worker writes nothing."""
+        if self.role == "worker":
+            return
+        distributed: dict[str, Any] | None = None
+        merge_warnings: list[str] = []
+        if self.collector is not None:
+            if self.worker_error is not None:
+                assert self.environment is not None
+                self.environment.process_exit_code = 2  # the run failed: no results files
+                logger.error("no results: %s", self.worker_error)
+                return
+            merge_warnings = self.collector.close()
+            distributed = self.collector.as_dict()
+            self.finished = self.collector.finished
         duration_s = time.monotonic() - self.started_at
         metrics_after = self._scrape() if self.metrics_before is not None else None
         server = (
@@ -403,6 +471,8 @@ class LoadTestRun:
             server_error=self.scrape_error,
             cut_at_stop=cut,
             t0_unix=self.t0_unix,
+            distributed=distributed,
+            extra_warnings=merge_warnings,
         )
         if summary["lag"] and summary["lag"]["warning"]:
             logger.warning("%s", summary["lag"]["warning"])
@@ -414,20 +484,233 @@ class LoadTestRun:
         # The web UI can start another test; its shape must not see this one as done.
         self.replay_done = False
 
+    # --- distributed: the master ----------------------------------------------------------------
+
+    def lead_workers(self, runner: MasterRunner) -> None:
+        """This process is Locust's master: it deals the trace and merges what comes back."""
+        self.role = "master"
+        runner.register_message(READY_MESSAGE, self._on_ready)
+        runner.register_message(RECORDS_MESSAGE, self._on_records)
+        runner.register_message(ERROR_MESSAGE, self._on_worker_error)
+
+    def _deal(self) -> None:
+        """At the test's start: each connected worker gets its share and the trace's origin."""
+        assert self.environment is not None and self.trace is not None
+        runner = self.environment.runner
+        assert isinstance(runner, MasterRunner)
+        # Locust's worker index: the order in which the workers connected.
+        index: Callable[[str], int] = runner.get_worker_index
+        workers = [
+            (c.id, index(c.id))
+            for c in runner.clients.ready + runner.clients.running + runner.clients.spawning
+        ]
+        self.collector = Collector.deal(self.records, workers)
+        self.worker_error = None
+        self.stats_wait_since = self.collect_deadline = None
+        self.ready_deadline = time.monotonic() + READY_TIMEOUT_S
+        options = self.options
+        for worker, status in self.collector.shares.items():
+            share = Share(
+                share=status.share,
+                shares=len(self.collector.shares),
+                arrivals=self.collector.arrivals(worker),
+                stop_after_s=float(options.run_time) if options.run_time else None,
+                images=self.images,
+                image_count=options.image_count,
+                top_k=options.top_k,
+                timeout_ms=options.timeout_ms,
+                max_in_flight=options.max_in_flight,
+                drain_timeout_s=options.drain_timeout_s,
+            )
+            runner.send_message(SHARE_MESSAGE, share.to_wire(), client_id=worker)
+        logger.info(
+            "trace of %d arrivals dealt among %d workers (share k: arrivals k, k+%d, …)",
+            len(self.records),
+            len(self.collector.shares),
+            len(self.collector.shares),
+        )
+
+    def _on_ready(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        """A worker's replay user waits with its share; once all do, ``go``: the trace's origin."""
+        assert self.trace is not None
+        if self.collector is None or not self.collector.ready(msg.node_id) or self.collect_deadline:
+            return
+        # One origin for every worker, a little ahead, on the wall clock they share.
+        self.t0 = time.monotonic() + START_LEAD_S
+        self.t0_unix = time.time() + START_LEAD_S
+        options = self.options
+        last_due_s = options.run_time or self.trace.duration_s + options.drain_timeout_s
+        self.collect_deadline = self.t0 + last_due_s + COLLECT_GRACE_S
+        assert environment.runner is not None
+        for worker in self.collector.shares:
+            environment.runner.send_message(GO_MESSAGE, {"t0_unix": self.t0_unix}, client_id=worker)
+        logger.info("every worker ready: the trace starts in %g s", START_LEAD_S)
+
+    def _master_tick(self) -> tuple[int, float, list[type[User]]] | None:
+        """One replay user per worker until every share is back and Locust's statistics count its
+        answers; ``None`` (the end) then, or when a worker failed, or past the collection deadline."""
+        assert self.environment is not None
+        runner = self.environment.runner
+        assert isinstance(runner, MasterRunner)
+        collector = self.collector
+        workers = len(collector.shares) if collector is not None else max(1, runner.worker_count)
+        users: tuple[int, float, list[type[User]]] = (workers, float(workers), [TraceReplayUser])
+        if self.worker_error is not None:
+            return None
+        if collector is None:
+            return users  # the first tick comes before the test starts
+        gone = [
+            w for w in collector.shares if w not in runner.clients or runner.clients[w].state == STATE_MISSING
+        ]
+        now = time.monotonic()
+        if self.collect_deadline is None:  # before go: every worker must get ready
+            if gone or now > self.ready_deadline:
+                self.worker_error = (
+                    f"worker {', '.join(gone)} left before the trace started"
+                    if gone
+                    else f"not every worker was ready within {READY_TIMEOUT_S:g} s"
+                )
+                logger.error("%s", self.worker_error)
+                return None
+            return users
+        for worker in gone:
+            collector.leave(worker)
+        if not collector.done:
+            if now > self.collect_deadline:
+                logger.warning(
+                    "workers' records still missing %g s after the last answer was due", COLLECT_GRACE_S
+                )
+                return None
+            return users
+        if self.stats_wait_since is None:
+            self.stats_wait_since = now
+        counted = runner.stats.total.num_requests
+        if counted >= collector.answered() or now - self.stats_wait_since >= STATS_CATCH_UP_S:
+            return None
+        return users
+
+    def _on_records(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        if self.collector is None:
+            return
+        data = msg.data
+        self.collector.add(
+            msg.node_id, data["records"], last=bool(data["last"]), finished=bool(data["finished"])
+        )
+
+    def _on_worker_error(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        self.worker_error = f"{msg.node_id}: {msg.data['error']}"
+        logger.error("worker %s", self.worker_error)
+
+    # --- distributed: a worker ------------------------------------------------------------------
+
+    def join_master(self, environment: Environment) -> None:
+        """This process is one of Locust's workers: it waits for its share of the trace."""
+        self.environment = environment
+        self.role = "worker"
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        if environment.parsed_options is not None:
+            self.options = environment.parsed_options
+        self.share_ready, self.go = Event(), Event()
+        assert environment.runner is not None
+        environment.runner.register_message(SHARE_MESSAGE, self._on_share)
+        environment.runner.register_message(GO_MESSAGE, self._on_go)
+
+    def _on_share(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        """The master's share, before Locust's spawn message: kept for the replay user (the
+        connection pool's size must be known before it starts)."""
+        try:
+            share = Share.from_wire(msg.data)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._refuse(f"a malformed share from the master ({exc})")
+            return
+        options = self.options
+        for name in ("image_count", "top_k", "timeout_ms", "max_in_flight", "drain_timeout_s"):
+            setattr(options, name, getattr(share, name))
+        TraceReplayUser.concurrency = share.max_in_flight
+        self.replay_done = self.finished = self.share_taken = False
+        self.go.clear()
+        self.share = share
+        self.share_ready.set()
+
+    def _refuse(self, error: str) -> None:
+        """This worker cannot replay its share: the master fails the run before any request."""
+        assert self.environment is not None and self.environment.runner is not None
+        logger.error("cannot replay this worker's share: %s", error)
+        self.environment.runner.send_message(ERROR_MESSAGE, {"error": error})
+
+    def _on_go(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
+        self.t0_unix = float(msg.data["t0_unix"])
+        self.go.set()
+
+    def _prepare(self, share: Share) -> None:
+        """This worker's records and payloads (the images it loads itself); :class:`LoadgenError` if not."""
+        if share.images != self.images or len(self.payloads) != share.image_count:
+            self._load_images(share.images)
+        by_id = {p.image_id: p for p in self.payloads}
+        missing = sorted({image for _, _, image in share.arrivals if image not in by_id})
+        if missing:
+            raise LoadgenError(
+                f"image_id {', '.join(missing[:5])} not in this worker's images {share.images!r}"
+            )
+        self.records = [
+            RequestRecord(index=i, image_id=image, scheduled_s=t) for i, t, image in share.arrivals
+        ]
+        self.plan = [by_id[image] for _, _, image in share.arrivals]
+
+    def replay_share(self, client: FastHttpSession) -> None:
+        """Ready, then this worker's share at the master's times; then its records go to the master."""
+        if not self.share_ready.wait(timeout=READY_TIMEOUT_S):
+            logger.error("no share of the trace came from the master")
+            return
+        share = self.share
+        if share is None or self.share_taken:
+            return  # one user replays a share; another one on this worker has nothing to do
+        self.share_taken = True
+        try:
+            self._prepare(share)
+        except LoadgenError as exc:
+            self._refuse(str(exc))
+            return
+        assert self.environment is not None and self.environment.runner is not None
+        self.environment.runner.send_message(READY_MESSAGE, {"share": share.share})
+        if not self.go.wait(timeout=READY_TIMEOUT_S):
+            logger.error("the master never started the trace")
+            return
+        t0 = time.monotonic() + (self.t0_unix - time.time())
+        stop_at = None if share.stop_after_s is None else t0 + share.stop_after_s
+        self.replay(client, t0=t0, stop_at=stop_at)
+        parts = list(chunks(self.records))
+        for n, rows in enumerate(parts):
+            last = n == len(parts) - 1
+            data = {"share": share.share, "records": rows, "last": last, "finished": self.finished}
+            self.environment.runner.send_message(RECORDS_MESSAGE, data)
+        logger.info(
+            "share %d of %d: %d records sent to the master", share.share, share.shares, len(self.records)
+        )
+
 
 RUN = LoadTestRun()
 
 
 def _on_init(environment: Environment, **_kwargs: Any) -> None:
-    if not isinstance(environment.runner, LocalRunner):
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        RUN.join_master(environment)  # everything else comes from the master
+        return
+    if not isinstance(runner, LocalRunner | MasterRunner):
+        _fail(f"greenserve's locustfile cannot run under {type(runner).__name__}")
+    options = environment.parsed_options
+    if isinstance(runner, MasterRunner) and not (options is not None and options.trace):
         _fail(
-            "greenserve's locustfile runs in one process (no --master, --worker or --processes): "
-            "it records every request"
+            "Locust's distributed mode (--master, --processes) replays a trace (--trace) here; "
+            "closed-loop users (-u, --stages) run in one process, which records every request"
         )
     try:
         RUN.configure(environment)
     except LoadgenError as exc:
         _fail(str(exc))
+    if isinstance(runner, MasterRunner):
+        RUN.lead_workers(runner)
 
 
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
@@ -465,11 +748,15 @@ class ClassifyUser(FastHttpUser):
 
 
 class TraceReplayUser(FastHttpUser):
-    """Open loop: the one user that replays the whole trace, then stops (and the shape ends the test)."""
+    """Open loop: the one user that replays the whole trace (in a distributed run, one per worker,
+    each its worker's share), then stops (and the shape ends the test)."""
 
     concurrency = DEFAULT_MAX_IN_FLIGHT  # the shared connection pool; set from --max-in-flight
 
     @task
     def replay(self) -> None:
-        RUN.replay(self.client)
+        if RUN.role == "worker":
+            RUN.replay_share(self.client)  # this worker's share of the trace
+        else:
+            RUN.replay(self.client)
         raise StopUser()

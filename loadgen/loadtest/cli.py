@@ -1,5 +1,9 @@
 """``make loadtest`` / ``greenserve loadtest``: one run against a running server, Locust's output
-shown as it goes. The flags are generated from :class:`~loadgen.loadtest.settings.LoadtestSettings`."""
+shown as it goes. The flags are generated from :class:`~loadgen.loadtest.settings.LoadtestSettings`.
+
+With ``--workers N`` Locust runs as a master and N worker processes here (``--expect-workers`` for
+more from other machines); ``--worker`` is one such worker of a master elsewhere
+(:mod:`loadgen.loadtest.distributed`)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypedDict
 
-from loadgen.loadtest.run import run_closed, run_trace
+from loadgen.loadtest.run import run_closed, run_trace, run_worker
 from loadgen.loadtest.settings import CSV_PREFIX_NAME, TRACE_NAME, LoadtestSettings
 from loadgen.loadtest.stages import parse_stages
 from loadgen.trace import Trace, read_trace, uniform_jitter, write_trace
@@ -25,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Load test a running greenserve with Locust (headless). Default: an open-loop trace of "
             "16 req/s ± 20 % for 30 s. Results (summary.json, requests.csv, Locust's CSVs) go to --out. "
-            "Given --users or --stages, a closed loop instead."
+            "Given --users or --stages, a closed loop instead. Given --workers N, Locust runs as a master "
+            "and N workers, the trace's arrivals dealt among them; --worker joins a master elsewhere."
         ),
     )
     add_dataclass_flags(parser, LoadtestSettings)
@@ -42,6 +47,12 @@ def plan(settings: LoadtestSettings, trace: Trace | None) -> str:
         return announce("loadtest", what, units=max(1, len(stages)), estimate_s=run_s)
     run_s = trace.duration_s if settings.max_s is None else min(trace.duration_s, settings.max_s)
     what = f"open loop, {len(trace)} arrivals over {trace.duration_s:.3g} s against {settings.host}"
+    distribution = settings.distribution
+    if distribution is not None:
+        what += (
+            f" dealt among {distribution.expect_workers} Locust workers "
+            f"(master on {distribution.bind_host}:{distribution.port})"
+        )
     return announce("loadtest", f"{what} (then the answers are awaited)", units=len(trace), estimate_s=run_s)
 
 
@@ -54,8 +65,13 @@ class _BothLoops(TypedDict):
     echo: bool
 
 
-def _run(settings: LoadtestSettings) -> Path:
-    """The run; the summary's path."""
+def _run(settings: LoadtestSettings) -> Path | None:
+    """The run; the summary's path (a worker writes none)."""
+    if settings.worker:
+        what = f"a Locust worker of the master at {settings.master_host}:{settings.master_port}"
+        logging.getLogger(__name__).info("loadtest: %s, until the master ends the test", what)
+        run_worker(settings.master_host, settings.master_port)
+        return None
     # Locust's output is shown live (echo): make loadtest is watched.
     common = _BothLoops(
         images=settings.images, timeout_ms=settings.timeout_ms, top_k=settings.top_k, echo=True
@@ -77,7 +93,21 @@ def _run(settings: LoadtestSettings) -> Path:
         generated = uniform_jitter(settings.rate, settings.jitter, settings.duration_s, seed=settings.seed)
         trace_path = settings.trace or write_trace(generated, settings.out / TRACE_NAME)
         plan(settings, read_trace(trace_path))
-        summary = run_trace(settings.host, trace_path, settings.out, max_s=settings.max_s, **common)
+        distribution = settings.distribution
+        if distribution is not None and distribution.remote_workers:
+            logging.getLogger(__name__).info(
+                "loadtest: waiting for %d workers from other machines; on each, run: %s",
+                distribution.remote_workers,
+                distribution.remote_command(),
+            )
+        summary = run_trace(
+            settings.host,
+            trace_path,
+            settings.out,
+            max_s=settings.max_s,
+            distribution=distribution,
+            **common,
+        )
     # Locust has printed the report (format_report) above its own tables; say where the files are.
     print(
         f"\nResults: {summary.summary_path}, {summary.request_log_path}, "

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadgen.errors import LoadgenError
+from loadgen.loadtest.distributed import DEFAULT_MASTER_BIND_HOST, DEFAULT_MASTER_PORT, Distribution
 from loadgen.loadtest.stages import STAGE_MODES, StageMode, parse_stages
 from studies.kit.flags import DEFAULT_RESULTS
 
@@ -29,6 +30,8 @@ CSV_PREFIX_NAME = "locust"
 LOG_NAME = "locust.log"
 #: The trace ``make loadtest`` generates when it is given none, next to the results.
 TRACE_NAME = "trace.jsonl"
+#: A distributed run's worker on this machine: its output (``{}``: 0, 1, …).
+WORKER_LOG_NAME = "locust_worker_{}.log"
 
 
 def _help(text: str, *aliases: str) -> dict[str, object]:
@@ -67,6 +70,37 @@ class LoadtestSettings:
     )
     stage_mode: StageMode = field(default="step", metadata=_help("Closed loop: step or ramp."))
     think_ms: float = field(default=0.0, metadata=_help("Closed loop: pause between a user's requests."))
+    # Distributed (Locust's master and workers): open loop only.
+    workers: int | None = field(
+        default=None,
+        metadata=_help(
+            "Distributed: Locust as a master with this many worker processes on this machine, "
+            "the trace's arrivals dealt among them."
+        ),
+    )
+    expect_workers: int | None = field(
+        default=None,
+        metadata=_help(
+            "Distributed: workers to wait for before the trace starts (default: --workers; "
+            "more when workers on other machines join)."
+        ),
+    )
+    master_bind_host: str = field(
+        default=DEFAULT_MASTER_BIND_HOST,
+        metadata=_help(
+            "Distributed: where the master listens for workers (an interface's address lets others in)."
+        ),
+    )
+    master_port: int = field(
+        default=DEFAULT_MASTER_PORT, metadata=_help("The master's port for its workers.")
+    )
+    worker: bool = field(
+        default=False,
+        metadata=_help(
+            "Be one Locust worker of the master at --master-host:--master-port (it sends the rest)."
+        ),
+    )
+    master_host: str = field(default="127.0.0.1", metadata=_help("With --worker: the master's address."))
 
     def __post_init__(self) -> None:
         if self.stage_mode not in STAGE_MODES:
@@ -82,6 +116,31 @@ class LoadtestSettings:
                 raise LoadgenError(f"--{name.replace('_', '-')} must be a number > 0, got {value!r}")
         if self.users is not None and self.users < 1:
             raise LoadgenError(f"--users must be ≥ 1, got {self.users}")
+        if not 0 < self.master_port < 65536:
+            raise LoadgenError(f"--master-port must be in 1..65535, got {self.master_port}")
+        if self.worker:
+            if self.workers is not None or self.expect_workers is not None:
+                raise LoadgenError(
+                    "--worker joins a master; --workers/--expect-workers start one: give one of them"
+                )
+            if self.closed or self.trace is not None:
+                raise LoadgenError(
+                    "a --worker takes the trace and the settings from its master: leave them out"
+                )
+        if self.distribution is not None and self.closed:
+            raise LoadgenError(
+                "--workers deals an open-loop trace among Locust workers; closed loop (--users/--stages) "
+                "runs in one process"
+            )
+
+    @property
+    def distribution(self) -> Distribution | None:
+        """A master and its workers (given ``workers`` or ``expect_workers``); ``None``: one process."""
+        if self.workers is None and self.expect_workers is None:
+            return None
+        workers = self.workers or 0
+        expect = self.expect_workers if self.expect_workers is not None else workers
+        return Distribution(workers, expect, self.master_bind_host, self.master_port)
 
     @property
     def closed(self) -> bool:
