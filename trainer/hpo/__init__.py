@@ -9,6 +9,9 @@ The study is data plus a pure function, in four parts:
   :mod:`~trainer.hpo.table`);
 - :mod:`~trainer.hpo.report` — a summary (:mod:`~trainer.hpo.summary`) and plots drawn from that
   table alone (:func:`write_hpo_report`), so any result can be re-plotted without re-running;
+- :mod:`~trainer.hpo.shared` — several workers (processes or machines) sharing those studies' rounds in
+  one storage (``--study-name``; PostgreSQL, or SQLite on one machine), and :func:`report_hpo`: the
+  report from the storage alone (``--report-only``);
 - :mod:`~trainer.hpo.cli` — ``greenserve train hpo``.
 
 See ``docs/hpo.md`` for the strategies, ranges, resume rules and how to read the summary.
