@@ -361,6 +361,21 @@ def test_a_worker_with_other_settings_is_refused_with_the_differences(
     )
 
 
+def test_a_shared_grid_may_use_every_point(
+    tmp_path: Path, fake_train: FakeTrain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna's grid stops ``study.optimize`` when its last point is taken, which raises outside
+    it; a shared study is told outside it."""
+    for module in ("trainer.hpo.settings", "trainer.hpo.search"):
+        monkeypatch.setattr(f"{module}.GRID_POINTS_PER_PARAM", 2)  # 2 × 2 × 2 = 8 points
+    s = settings(
+        strategies=("grid",), rounds=8, study_name="all-points", storage=f"sqlite:///{tmp_path / 'db'}"
+    )
+    run_hpo(s, tmp_path, progress=False)
+    rows = read_trials_csv(tmp_path / "hpo_trials.csv")
+    assert len({(r["lr"], r["beta1"], r["beta2"]) for r in rows}) == 8
+
+
 def test_workers_opening_a_new_database_at_once_all_succeed(postgres: Postgres) -> None:
     """PostgreSQL refuses the second of two concurrent CREATE TYPE/TABLE: the loser retries."""
     url = postgres.create_database("opened_at_once")

@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -51,6 +51,7 @@ from trainer.errors import TrainerError
 from trainer.hpo.search import (
     RECORD_ATTR,
     finished_trials,
+    grid_values,
     make_pruner,
     make_sampler,
     mix_seed,
@@ -196,12 +197,7 @@ def join_study(
         storage=storage,
         study_name=study_name(settings, strategy, repeat),
         direction="maximize",
-        sampler=make_sampler(
-            strategy,
-            space=settings.space,
-            seed=mix_seed(settings.seed, repeat),
-            startup_trials=settings.startup_trials,
-        ),
+        sampler=trial_sampler(settings, strategy, repeat, 0),
         pruner=make_pruner(strategy, settings.n_epochs),
         load_if_exists=True,
     )
@@ -214,8 +210,24 @@ def trial_sampler(
 ) -> optuna.samplers.BaseSampler:
     """The sampler that chooses trial ``number``'s parameters: seeded with (seed, repeat, number);
     the grid's seed is the study's (it fixes the order, and trial n takes the n-th point)."""
-    seed = mix_seed(settings.seed, repeat) if strategy == "grid" else mix_seed(settings.seed, repeat, number)
+    if strategy == "grid":
+        return _SharedGrid(grid_values(settings.space), seed=mix_seed(settings.seed, repeat))
+    seed = mix_seed(settings.seed, repeat, number)
     return make_sampler(strategy, space=settings.space, seed=seed, startup_trials=settings.startup_trials)
+
+
+class _SharedGrid(optuna.samplers.GridSampler):
+    """The grid, told outside ``study.optimize``: once the grid is used up, ``GridSampler`` stops the
+    optimize loop (``study.stop()``), which raises anywhere else. Workers count rounds instead."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
 
 
 def live_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
