@@ -413,6 +413,28 @@ def test_two_workers_share_one_study_in_sqlite_on_one_machine(
     ).read_bytes()
 
 
+def test_report_only_of_a_single_process_run_reads_its_sqlite_storage(
+    tmp_path: Path, fake_train: FakeTrain, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_hpo(settings(strategies=("random", "tpe"), rounds=3), tmp_path / "run", progress=False)
+    fake_train.calls.clear()
+    flags = ["hpo", "--quick", "--strategies", "random,tpe", "--energy-source", "estimate", "--rounds", "3"]
+    assert train_main([*flags, "--report-only", "--out", str(tmp_path / "run")]) == 0
+    assert fake_train.calls == []  # nothing trained, not even the warm-up
+    assert capsys.readouterr().out.strip() == str(tmp_path / "run" / "hpo_trials.csv")
+    assert '"report_only": true' in (tmp_path / "run" / "hpo_settings.json").read_text()
+
+    assert train_main([*flags, "--report-only", "--out", str(tmp_path / "empty")]) == 2
+    assert "no storage at" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
+    # Other settings name other studies, and the message says so.
+    assert train_main([*flags, "--epochs", "3", "--report-only", "--out", str(tmp_path / "run")]) == 2
+    assert "nothing to report for these settings" in capsys.readouterr().err
+    # A shorter run's report: the first rounds of each study, as a run with --rounds 2 reports.
+    assert train_main([*flags[:-1], "2", "--report-only", "--out", str(tmp_path / "run")]) == 0
+    assert [r["round"] for r in read_trials_csv(tmp_path / "run" / "hpo_trials.csv")] == ["1", "2"] * 2
+
+
 def test_study_names_are_checked_and_a_bare_postgresql_url_uses_psycopg() -> None:
     with pytest.raises(TrainerError, match="study_name must be"):
         settings(study_name="a b")
