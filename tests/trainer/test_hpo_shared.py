@@ -172,6 +172,7 @@ def _worker(storage: str, out: Path, flags: list[str]) -> subprocess.Popen[bytes
 
 
 def _wait_all(workers: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """Wait for every worker (within pytest's 120 s timeout), killing any still running after it."""
     deadline = time.monotonic() + timeout_s
     try:
         for worker in workers:
@@ -221,7 +222,7 @@ def test_two_workers_share_one_study_in_postgresql_and_report_what_one_process_w
     # The study name "hpo" gives the studies the names a single process gives them, so that one
     # process can be shown the very same trials below.
     workers = [_worker(url, tmp_path / f"w{i}", [*flags, "--study-name", "hpo"]) for i in range(2)]
-    _wait_all(workers, timeout_s=240)
+    _wait_all(workers, timeout_s=100)
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
     for worker, log in zip(workers, logs, strict=True):
         assert worker.returncode == 0, log
@@ -403,7 +404,7 @@ def test_two_workers_share_one_study_in_sqlite_on_one_machine(
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     flags = ["--quick", "--strategies", "tpe", "--rounds", "6", "--epochs", "1", "--study-name", "local"]
     workers = [_worker(url, tmp_path / f"w{i}", [*flags, "--energy-source", "estimate"]) for i in range(2)]
-    _wait_all(workers, timeout_s=240)
+    _wait_all(workers, timeout_s=100)
     for i, worker in enumerate(workers):
         assert worker.returncode == 0, (tmp_path / f"w{i}.log").read_text()
     s = settings(strategies=("tpe",), rounds=6, epochs=1, study_name="local")
