@@ -79,7 +79,7 @@ def render(files: list[Path] | None = None) -> str:
         "spec": {"groups": groups(files)},
     }
     body = yaml.dump(rule, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
-    return header + body
+    return header + str(body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,7 +107,8 @@ class Rendered:
     @property
     def container(self) -> dict[str, Any]:
         (container,) = [c for c in self.pod_spec["containers"] if c["name"] == "greenserve"]
-        return container
+        found: dict[str, Any] = container
+        return found
 
     @property
     def settings_env(self) -> dict[str, str]:

@@ -134,7 +134,7 @@ def test_replicas_on_one_node_count_each_device_once(
         with prometheus_process(binary, config, tmp_path) as prometheus:
             query = "count(greenserve_device_energy_joules_total)"
             if not prometheus.wait_for(
-                lambda: prometheus.query(query) and float(prometheus.query(query)[0]["value"][1]) == 6,
+                lambda: [float(s["value"][1]) for s in prometheus.query(query)] == [6.0],
                 timeout_s=30,
             ):
                 pytest.fail(f"prometheus never stored both replicas' series:\n{prometheus.log()}")

@@ -328,7 +328,7 @@ def served() -> Iterator[dict[str, Any]]:
     """The app with the base's settings (and the estimate's energy): its probes' answers and its /metrics."""
 
     async def run() -> dict[str, Any]:
-        configured = {
+        configured: dict[str, Any] = {
             key.removeprefix("GREENSERVE_").lower(): value
             for key, value in load_env_file(K8S / "base" / "greenserve.env").items()
         }

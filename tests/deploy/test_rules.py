@@ -125,7 +125,7 @@ def adapter_query(rule: dict[str, Any], namespace: str, pods: list[str]) -> str:
     """The rule's metricsQuery as prometheus-adapter fills it in for an HPA's request for these pods."""
     series = rule["seriesQuery"].split("{")[0]
     matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
-    return (
+    return str(
         rule["metricsQuery"]
         .replace("<<.Series>>", series)
         .replace("<<.LabelMatchers>>", matchers)
