@@ -5,8 +5,9 @@ a Unix socket there and on no TCP address), started once for this module and rem
 server programs come from Debian's ``postgresql`` package, which ``make test`` installs when missing;
 without them these tests fail, saying so, rather than skip.
 
-One test runs two real worker processes (``greenserve train hpo --storage URL --study-name NAME``)
-that train for real; the others run in this process with ``test_hpo``'s fake training.
+Two tests run two real worker processes each (``greenserve train hpo --storage URL --study-name
+NAME``) that train for real, on PostgreSQL and on SQLite; the others run in this process, most with
+``test_hpo``'s fake training.
 """
 
 from __future__ import annotations
@@ -72,11 +73,12 @@ class Postgres:
     def create_database(self, name: str) -> str:
         """A new, empty database; its SQLAlchemy URL (psycopg 3)."""
         import psycopg
+        from psycopg import sql
 
         with psycopg.connect(
             host=str(self.socket_dir), user="postgres", dbname="postgres", autocommit=True
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]  # a fixed name, no input
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return f"postgresql+psycopg://postgres@/{name}?host={self.socket_dir}"
 
 
@@ -185,7 +187,7 @@ def _wait_all(workers: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
 
 
 def _assert_rounds_shared_exactly(
-    storage: str, names: list[str], rounds: int
+    storage: optuna.storages.BaseStorage, names: list[str], rounds: int
 ) -> list[optuna.trial.FrozenTrial]:
     """Every study has exactly ``rounds`` finished trials, and its other trials are surplus ones
     that never trained; returns the finished trials."""
@@ -241,7 +243,7 @@ def test_two_workers_share_one_study_in_postgresql_and_report_what_one_process_w
     assert any(t.state == TrialState.PRUNED for t in finished)  # Hyperband's trials are shared too
     rows = read_trials_csv(tmp_path / "w0" / "hpo_trials.csv")
     assert [(r["strategy"], r["round"]) for r in rows] == [
-        (st, str(i)) for st in strategies for i in range(1, 7)
+        (st, str(i)) for st in strategies for i in range(1, rounds + 1)
     ]
 
     # Both workers waited for the last trial: each wrote the whole study's report.
@@ -285,19 +287,20 @@ def test_a_trial_created_after_the_last_round_was_taken_is_surplus_and_never_run
 ) -> None:
     url = postgres.create_database("surplus")
     s = settings(strategies=("random",), study_name="surplus")
-    a = shared_mod.join_study(s, "random", 0, storages(url, shared=True))
-    b = shared_mod.join_study(s, "random", 0, storages(url, shared=True))
-    assert shared_mod.claim_trial(a, 2, a._storage) is not None  # round 1: worker a
+    storage_a, storage_b = storages(url, shared=True), storages(url, shared=True)  # two workers
+    a = shared_mod.join_study(s, "random", 0, storage_a)
+    b = shared_mod.join_study(s, "random", 0, storage_b)
+    assert shared_mod.claim_trial(a, 2, storage_a) is not None  # round 1: worker a
 
     # Worker b sees one round free, but worker a takes it between b's look and b's trial.
     real_ask = b.ask
 
     def ask_after_a_took_the_last_round(*args: Any, **kwargs: Any) -> optuna.Trial:
-        assert shared_mod.claim_trial(a, 2, a._storage) is not None
+        assert shared_mod.claim_trial(a, 2, storage_a) is not None
         return real_ask(*args, **kwargs)
 
     b.ask = ask_after_a_took_the_last_round  # type: ignore[method-assign]
-    assert shared_mod.claim_trial(b, 2, b._storage) is None
+    assert shared_mod.claim_trial(b, 2, storage_b) is None
     trials = b.get_trials()
     assert [(t.number, t.state) for t in trials] == [
         (0, TrialState.RUNNING),
@@ -306,7 +309,7 @@ def test_a_trial_created_after_the_last_round_was_taken_is_surplus_and_never_run
     ]
     assert trials[2].user_attrs == {"surplus": True} and trials[2].params == {}
     b.ask = real_ask  # type: ignore[method-assign]
-    assert shared_mod.claim_trial(b, 2, b._storage) is None  # every round is taken: nothing asked
+    assert shared_mod.claim_trial(b, 2, storage_b) is None  # every round is taken: nothing asked
     assert len(b.get_trials()) == 3
 
 
