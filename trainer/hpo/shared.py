@@ -13,7 +13,7 @@ worker's to run. Otherwise it is surplus — another worker took the last round 
 marked failed before anything trained (user attribute ``surplus``); failed trials never count. So a
 study never gets more than ``rounds`` finished trials (the (rounds + 1)-th live trial would have
 counted ``rounds`` below it), and a worker ends only when every study has ``rounds`` of them, running
-again any round whose trial failed or whose worker died (:func:`run_shared`).
+again any round whose trial failed or whose worker died (``trainer.hpo.run``).
 
 A dead worker's trial is found by Optuna's heartbeat: a running trial's worker records a heartbeat
 every :data:`HEARTBEAT_INTERVAL_S`, and a trial without one for :data:`GRACE_PERIOD_S` is marked
