@@ -494,7 +494,7 @@ class LoadTestRun:
         runner.register_message(ERROR_MESSAGE, self._on_worker_error)
 
     def _deal(self) -> None:
-        """At the test's start: each connected worker gets its share and the trace's origin."""
+        """At the test's start: each connected worker gets its share (the origin comes with go)."""
         assert self.environment is not None and self.trace is not None
         runner = self.environment.runner
         assert isinstance(runner, MasterRunner)
@@ -533,7 +533,9 @@ class LoadTestRun:
     def _on_ready(self, environment: Environment, msg: Any, **_kwargs: Any) -> None:
         """A worker's replay user waits with its share; once all do, ``go``: the trace's origin."""
         assert self.trace is not None
-        if self.collector is None or not self.collector.ready(msg.node_id) or self.collect_deadline:
+        if self.collector is None or self.collect_deadline is not None:
+            return  # no test, or go was sent already
+        if not self.collector.ready(msg.node_id):
             return
         # One origin for every worker, a little ahead, on the wall clock they share.
         self.t0 = time.monotonic() + START_LEAD_S
