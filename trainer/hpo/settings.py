@@ -127,9 +127,15 @@ class HpoSettings:
     watts_per_core: float | None = None
     idle_s: float = 1.0  # idle-power measurement, once before the first trial (sensor sources only)
     torch_threads: int = 1  # torch's intra-op threads during the run; 0: leave torch's setting alone
-    storage: str | None = None  # Optuna RDB URL; None: sqlite:///<out_dir>/hpo.db
+    storage: str | None = field(
+        default=None,  # None: sqlite:///<out_dir>/hpo.db
+        metadata={"help": "Optuna RDB URL, e.g. postgresql+psycopg://user@host/db; unset: <out>/hpo.db"},
+    )
     # A name shared by several workers (processes or machines) on one storage; None: one process.
-    study_name: str | None = None
+    study_name: str | None = field(
+        default=None,
+        metadata={"help": "share the studies with every worker given this name and --storage (docs/hpo.md)"},
+    )
     quick: bool = False
 
     def __post_init__(self) -> None:
