@@ -143,7 +143,10 @@ def open_storage(url: str, *, shared: bool = False) -> optuna.storages.RDBStorag
         storage = optuna.storages.RDBStorage(url)
     except (ImportError, sqlalchemy.exc.OperationalError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, ImportError):
+        if (
+            isinstance(exc, ImportError)
+            and sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql"
+        ):
             reason += " (PostgreSQL needs a driver: pip install 'psycopg[binary]')"
         raise TrainerError(f"cannot open the storage {display_url(url)}: {reason}") from exc
     if storage.engine.dialect.name == "sqlite":
