@@ -453,3 +453,6 @@ def test_study_names_are_checked_and_a_bare_postgresql_url_uses_psycopg() -> Non
     assert (
         display_url("postgresql+psycopg://u:secret@127.0.0.1/db") == "postgresql+psycopg://u:***@127.0.0.1/db"
     )
+    # A storage that cannot be reached is a user error, its password hidden (port 1: nothing listens).
+    with pytest.raises(TrainerError, match=r"cannot open the storage postgresql\+psycopg://u:\*\*\*@127"):
+        open_storage("postgresql+psycopg://u:secret@127.0.0.1:1/db", shared=True)
