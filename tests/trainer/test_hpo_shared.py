@@ -91,7 +91,8 @@ def postgres() -> Iterator[Postgres]:
     bin_dir = _server_bin()
     # PostgreSQL refuses to run as root: as root, the cluster belongs to the postgres user.
     as_owner: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="greenserve-pg-"))
+    # In /tmp, not $TMPDIR: the postgres user must reach it, and a Unix socket's path is short (107 bytes).
+    root = Path(tempfile.mkdtemp(prefix="greenserve-pg-", dir="/tmp" if Path("/tmp").is_dir() else None))
     if os.geteuid() == 0:
         if shutil.which("runuser") is None:
             pytest.fail(
