@@ -26,7 +26,7 @@ venv: $(STAMP)  ## Create or update the virtual environment
 run: $(STAMP)  ## Serve the embedded digits model on 127.0.0.1:8000 (ARGS='--model resnet18 ...')
 	$(VENV)/bin/greenserve serve $(ARGS)
 
-test: $(STAMP) prometheus-tools kubectl-tool  ## Run the test suite
+test: $(STAMP) prometheus-tools kubectl-tool postgresql-server  ## Run the test suite
 	$(VENV)/bin/pytest $(ARGS)
 
 # tests/docker check the Prometheus config, rules and dashboard with Prometheus' own promtool and prometheus,
@@ -54,6 +54,25 @@ prometheus-tools:  ## Install promtool and prometheus (Debian's prometheus packa
 .PHONY: kubectl-tool
 kubectl-tool: $(STAMP)  ## Install kubectl (with kustomize) into the venv if missing; make test needs it
 	@test -x $(VENV)/bin/kubectl || $(PY) deploy/install_kubectl.py $(VENV)/bin/kubectl
+
+# tests/trainer/test_hpo_shared.py runs distributed HPO against a real PostgreSQL, a throw-away cluster it starts
+# itself (initdb, pg_ctl) on a Unix socket in a temporary directory: install Debian's server package when its
+# programs are missing (Debian keeps them in /usr/lib/postgresql/<version>/bin, off PATH). The package's own
+# cluster (127.0.0.1:5432) is not wanted: where it was started, it is stopped (and disabled under systemd).
+.PHONY: postgresql-server
+postgresql-server:  ## Install PostgreSQL's server programs (Debian's postgresql package) if missing; make test needs them
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; else \
+	  echo "initdb and pg_ctl, needed by tests/trainer/test_hpo_shared.py, are missing, and without root or sudo" \
+	    "make test cannot install them: install Debian's postgresql package (apt-get install postgresql)" >&2; exit 1; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "initdb and pg_ctl are needed by tests/trainer/test_hpo_shared.py and missing, and there is no apt-get:" \
+	    "install PostgreSQL's server programs (13 or later) with initdb and pg_ctl on PATH" >&2; exit 1; fi; \
+	echo "Installing Debian's postgresql package (initdb, pg_ctl, postgres, for tests/trainer/test_hpo_shared.py)"; \
+	$$sudo apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql && \
+	if [ -d /run/systemd/system ]; then $$sudo systemctl disable --now postgresql.service; \
+	elif command -v service >/dev/null 2>&1; then $$sudo service postgresql stop >/dev/null 2>&1 || true; fi
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
