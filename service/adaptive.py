@@ -5,14 +5,7 @@ Both are pure :class:`~service.policy.BatchPolicy` objects: no clock, no I/O; th
 the batcher (or the simulator) tells them.
 
 **What they learn.** Per batch size, EWMAs of the compute time (and its mean absolute deviation) and of
-the model energy per batch; a profile point (``seed``) counts as one observation. Per batch size too,
-an EWMA of what each item cost outside the model (its decode and its share of the serving work,
-told by the request path through ``observe_item_energy``): on a CPU the hand-overs of each batch
-between the event loop and the model thread are a large part of a light model's cost, and they
-fall with the batch size although the model's own J/image no longer does (measured: digits_cnn's
-whole cost per request fell from 45 to 36 mJ from batches of 1 to 3.8). A batch of n then costs
-its model energy + n × that per-item cost (linear between the sizes seen, the nearest seen size's
-outside them); where nothing is told (the simulator), the model energy alone. Unseen sizes, from the
+the model energy per batch; a profile point (``seed``) counts as one observation. Unseen sizes, from the
 seen: time linear between neighbours, the smallest's below it, and beyond the largest L the larger of
 c(L)·n/L and the least-squares a + b·n of the three largest (conservative); energy between neighbours at
 a J/image 2% below the better of the two (optimistic: the size gets tried once, then is known), the
@@ -130,27 +123,6 @@ def _curve(points: Mapping[int, float], cap: int, *, time: bool) -> list[float |
     return curve
 
 
-def _between(points: Mapping[int, float], cap: int) -> list[float] | None:
-    """Per-item values of sizes 0..cap from the known sizes': linear between neighbours, the nearest
-    known size's outside them (None: none known)."""
-    keys = sorted(points)
-    if not keys:
-        return None
-    values = []
-    for n in range(cap + 1):
-        at = bisect.bisect_left(keys, n)
-        if at < len(keys) and keys[at] == n:
-            values.append(points[n])
-        elif at == 0:
-            values.append(points[keys[0]])
-        elif at == len(keys):
-            values.append(points[keys[-1]])
-        else:
-            lo, hi = keys[at - 1], keys[at]
-            values.append(points[lo] + (points[hi] - points[lo]) * (n - lo) / (hi - lo))
-    return values
-
-
 class _Learner:
     """What both policies learn: compute time and energy per size, the arrival rate, the observed p99."""
 
@@ -164,7 +136,6 @@ class _Learner:
         self.slo_s, self.max_batch_size, self.margin = slo_p99_ms / 1000, max_batch_size, margin
         self._compute: dict[int, _Ewma] = {}
         self._energy: dict[int, _Ewma] = {}
-        self._other: dict[int, _Ewma] = {}  # J per item outside the model (decode, serving), by batch size
         self._version = 0
         self._cache: tuple[tuple[int, int], _Table | None] | None = None
         self._gap: float | None = None  # the mean inter-arrival gap, s
@@ -197,12 +168,6 @@ class _Learner:
         self._compute.setdefault(size, _Ewma(compute_s, count=0)).add(compute_s)
         if energy_j is not None and math.isfinite(energy_j) and energy_j >= 0:
             self._energy.setdefault(size, _Ewma(energy_j, count=0)).add(energy_j)
-        self._version += 1
-
-    def observe_item_energy(self, batch_size: int, joules: float) -> None:
-        if batch_size < 1 or not (math.isfinite(joules) and joules >= 0):
-            return
-        self._other.setdefault(batch_size, _Ewma(joules, count=0)).add(joules)
         self._version += 1
 
     def observe_latency(self, latency_s: float, at: float) -> None:
@@ -248,9 +213,6 @@ class _Learner:
                 mean = [v or 0.0 for v in _curve(_values(self._compute), cap, time=True)]
                 high = _curve(_values(self._compute, _DEVIATIONS), cap, time=True)
                 energy = _curve(_values(self._energy), cap, time=False)
-                other = _between(_values(self._other), cap)
-                if other is not None:  # the whole cost of a batch of n: model + n items' decode and serving
-                    energy = [e if e is None else e + n * other[n] for n, e in enumerate(energy)]
                 table = _Table(mean, [max(h or 0.0, m) for h, m in zip(high, mean, strict=True)], energy)
             self._cache = ((self._version, cap), table)
         return self._cache[1]

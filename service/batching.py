@@ -355,12 +355,6 @@ class Batcher(Generic[T, R]):
         self._wakeup.set()  # a smaller batch size or wait may complete the batch being formed
         return self._config
 
-    def observe_item_energy(self, batch_size: int, joules: float) -> None:
-        """Tell the policy what an answered item cost outside the model (its decode and serving share),
-        by the size of the batch it was computed in (the request path knows it once it has composed
-        the item's energy; the batcher does not)."""
-        self._policy.observe_item_energy(batch_size, joules)
-
     def reserve(self) -> Admission:
         """Reserve a queue place for an item still being prepared; see :class:`Admission`.
 

@@ -193,9 +193,6 @@ class Pipeline:
             serving=self.serving,
             request_items=request_items,
         )
-        parts = energy.parts_j()
-        if parts is not None:  # the adaptive policy weighs what a batch size costs beyond the model
-            self.batcher.observe_item_energy(outcome.batch_size, parts["decode"] + parts["serving"])
         return outcome, energy
 
     def _decode(self, data: bytes) -> tuple[torch.Tensor, StageEnergy]:

@@ -78,10 +78,6 @@ class BatchPolicy(Protocol):
     def observe_latency(self, latency_s: float, at: float) -> None:
         """An item answered at ``at`` had waited and computed ``latency_s`` in all."""
 
-    def observe_item_energy(self, batch_size: int, joules: float) -> None:
-        """An item computed in a batch of ``batch_size`` cost ``joules`` outside the model (its decode
-        and its share of the serving work): what batching changes besides the model's energy."""
-
     def describe(self) -> dict[str, float]:
         """The policy's current state for metrics and ``GET /v1/batching``: at least
         ``target_batch_size`` and ``target_wait_seconds``."""
@@ -115,9 +111,6 @@ class StaticPolicy:
         pass
 
     def observe_latency(self, latency_s: float, at: float) -> None:
-        pass
-
-    def observe_item_energy(self, batch_size: int, joules: float) -> None:
         pass
 
     def describe(self) -> dict[str, float]:

@@ -224,27 +224,6 @@ def test_the_energy_efficient_size_follows_what_was_observed() -> None:
     assert min(per_image, key=lambda n: per_image[n]) == 6
 
 
-def test_what_an_item_costs_outside_the_model_moves_the_efficient_size() -> None:
-    """The model's J/image is flat past 4, but each item's decode and serving share falls with the
-    batch it rides in (fewer hand-overs per item): the whole cost is least at a larger size, and
-    the policy aims there; items' costs that do not change with the size change nothing."""
-    policy = AdaptivePolicy(SLO_MS, CAP, seed=seed(flat_beyond(4)))
-    last = arrive(policy, 0.01)
-    policy.decide(view(last, 1, last))
-    assert policy.describe()["target_batch_size"] == 4
-    for _ in range(10):
-        for n in (1, 4, 8, 16):
-            policy.observe_item_energy(n, 0.2 + 0.8 / n)  # 0.2 J per item, 0.8 J per batch
-    policy.decide(view(last, 1, last))
-    assert policy.describe()["target_batch_size"] > 8
-    flat = AdaptivePolicy(SLO_MS, CAP, seed=seed(flat_beyond(4)))
-    arrive(flat, 0.01)
-    for n in (1, 4, 8, 16):
-        flat.observe_item_energy(n, 0.3)
-    flat.decide(view(last, 1, last))
-    assert flat.describe()["target_batch_size"] == 4
-
-
 def test_seeds_from_a_profile_and_estimates_sizes_between_and_beyond() -> None:
     profile = {1: (0.01, 1.0), 4: (0.04, 1.6), 8: (0.06, 2.4)}
     policy = AdaptivePolicy(SLO_MS, CAP, seed=profile)

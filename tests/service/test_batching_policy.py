@@ -27,7 +27,6 @@ class Recording:
         self.arrivals: list[float] = []
         self.batches: list[tuple[int, float | None]] = []
         self.latencies: list[float] = []
-        self.item_energies: list[tuple[int, float]] = []
 
     def decide(self, view: QueueView) -> Decision:
         self.views.append(view)
@@ -45,9 +44,6 @@ class Recording:
 
     def observe_latency(self, latency_s: float, at: float) -> None:
         self.latencies.append(latency_s)
-
-    def observe_item_energy(self, batch_size: int, joules: float) -> None:
-        self.item_energies.append((batch_size, joules))
 
     def describe(self) -> dict[str, float]:
         return {"target_batch_size": float(self.size), "target_wait_seconds": self.wait_s or 0.0}
