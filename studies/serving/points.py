@@ -30,6 +30,9 @@ class OfflinePoint:
     ms_per_batch: float
     #: Busy cores of everything else on the machine during the timed loop (other tenants).
     other_cpu_cores: float | None
+    #: ``model``: ``predict`` on preprocessed tensors; ``pipeline``: decode + preprocess (the
+    #: server's decode pool) overlapped with ``predict``, from the JPEG bytes.
+    stage: str = "model"
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,29 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"  batching gain (batch {gain['to_batch_size']} ÷ batch {gain['from_batch_size']}): "
             f"offline {_fmt(gain['offline'], '.2f')}×, served {_fmt(gain['served'], '.2f')}×"
         )
+        pipe = entry.get("pipeline")
+        if pipe:
+            target = pipe["target"]
+            wanted = (
+                f" (targets ≥ {target['min_throughput_ratio']:.2f}, ≤ {target['max_cpu_ratio']:.2f})"
+                if target
+                else " (no target: report only)"
+            )
+            console.print(
+                f"  serving path (max batch {pipe['batch_size']}): served "
+                f"{_fmt(pipe['served_requests_per_s'], '.1f')} req/s ÷ offline pipeline "
+                f"(decode + preprocess + model) {pipe['images_per_s']:.1f} img/s "
+                f"(drift {_fmt(pipe['drift'], '+.0%')}) = "
+                + _styled(
+                    pipe["throughput_target"],
+                    _fmt(pipe["throughput_ratio"], ".2f"),
+                    pipe["throughput_within_noise"],
+                )
+                + f"; server CPU {_fmt(pipe['served_cpu_ms_per_request'], '.2f')} ms/request ÷ pipeline "
+                f"{pipe['cpu_ms_per_image']:.2f} ms/image = "
+                + _styled(pipe["cpu_target"], _fmt(pipe["cpu_ratio"], ".2f"), False)
+                + wanted
+            )
     protocols = summary.get("protocols")
     if protocols:
         console.print(

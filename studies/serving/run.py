@@ -41,7 +41,13 @@ from loadgen.images import make_jpegs
 from studies.kit.files import write_text_atomic
 from studies.kit.machine import machine_info, wait_for_quiet
 from studies.kit.progress import progress_bar
-from studies.serving.offline import load_model, measure_offline, preprocess_all
+from studies.serving.offline import (
+    decode_workers_default,
+    load_model,
+    measure_offline,
+    measure_pipeline,
+    preprocess_all,
+)
 from studies.serving.points import OfflinePoint, ServedPoint
 from studies.serving.served import measure_served
 from studies.serving.settings import CONTENDED_CORES, BenchSettings, Step
@@ -89,26 +95,39 @@ def run(
                 wait_for_quiet(settings.quiet_wait_s, CONTENDED_CORES, console.print)
                 started = time.monotonic()
                 prefix = f"[{index}/{len(steps)}] {step.label()}:"
-                if step.kind == "offline":
+                if step.kind in ("offline", "pipeline"):
                     if loaded is None or loaded[0].name != step.model:
                         loaded = None  # free the previous model before loading the next
                         classifier = load_model(step.model, settings.torch_threads)
                         loaded = (classifier, preprocess_all(classifier, bodies))
                     # Each half gets half the time: the bracket costs no more than one point.
-                    offline = measure_offline(
-                        loaded[0],
-                        loaded[1],
-                        step.batch_size,
-                        sampler,
-                        duration_s=settings.duration_s / 2,
-                        warmup_s=settings.warmup_s / 2,
-                        half=step.half,
-                    )
+                    if step.kind == "pipeline":
+                        offline = measure_pipeline(
+                            loaded[0],
+                            bodies,
+                            step.batch_size,
+                            sampler,
+                            decode_workers=settings.decode_workers or decode_workers_default(),
+                            duration_s=settings.duration_s / 2,
+                            warmup_s=settings.warmup_s / 2,
+                            half=step.half,
+                        )
+                    else:
+                        offline = measure_offline(
+                            loaded[0],
+                            loaded[1],
+                            step.batch_size,
+                            sampler,
+                            duration_s=settings.duration_s / 2,
+                            warmup_s=settings.warmup_s / 2,
+                            half=step.half,
+                        )
                     result.offline.append(offline)
                     console.print(
                         f"{prefix} {offline.images_per_s:.1f} img/s, "
                         f"{offline.energy_j_per_image:.3g} J/image ({offline.energy_source}), "
-                        f"{offline.cpu_cores:.2f} cores busy{_contention(offline.other_cpu_cores)} "
+                        f"{offline.cpu_cores:.2f} cores busy"
+                        f"{_cpu_per_image(offline)}{_contention(offline.other_cpu_cores)} "
                         f"[{time.monotonic() - started:.0f} s]"
                     )
                     step_done(step.label(), True)
@@ -133,6 +152,12 @@ def run(
         sampler.stop()
         meter.close()
     return result
+
+
+def _cpu_per_image(point: OfflinePoint) -> str:
+    if point.stage != "pipeline":
+        return ""
+    return f" ({point.cpu_cores * point.wall_s / point.images * 1000:.2f} CPU ms/image)"
 
 
 def _contention(other_cores: float | None) -> str:

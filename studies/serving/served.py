@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,27 @@ def served_point(step: Step, settings: BenchSettings, run: LoadRun) -> ServedPoi
     return ServedPoint(**point)
 
 
+@contextmanager
+def client_affinity(step: Step, settings: BenchSettings) -> Iterator[None]:
+    """While a model is served, this process (the load client) runs on the CPUs the server leaves to
+    its front end (service.affinity: the server gives the model thread the last torch_threads CPUs).
+    The offline pipeline it is compared with has no client at all; a client on the model's CPU
+    would measure this machine's lack of a separate load generator, not the server. Elsewhere (the
+    no-op server, the bare app) nothing is pinned."""
+    from service.affinity import allowed_cpus, pin_other_threads, plan_cores
+
+    allowed = allowed_cpus()
+    plan = plan_cores(allowed, settings.torch_threads) if step.kind == "served" else None
+    if plan is None or step.model == "noop" or allowed is None:
+        yield
+        return
+    pin_other_threads(plan.front)
+    try:
+        yield
+    finally:
+        pin_other_threads(allowed)
+
+
 def measure_served(
     step: Step, settings: BenchSettings, bodies: Sequence[bytes], workdir: Path
 ) -> ServedPoint:
@@ -157,7 +179,10 @@ def measure_served(
     # A point measured in two halves gets half the measured time in each; each half is a fresh
     # server, so it gets the whole warm-up (connections, first-request costs).
     share = 0.5 if step.half else 1.0
-    with running_server(make_argv, name=name, workdir=workdir, env=server_env(settings)) as server:
+    with (
+        running_server(make_argv, name=name, workdir=workdir, env=server_env(settings)) as server,
+        client_affinity(step, settings),
+    ):
         snapshot = make_snapshot(server.base_url if step.kind == "served" else None, server.pid)
         run = asyncio.run(
             drive(

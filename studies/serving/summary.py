@@ -11,7 +11,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from studies.serving.points import OfflinePoint, ServedPoint
-from studies.serving.settings import NOOP_MIN_RATIO, SERVED_TARGETS, BenchSettings, Target
+from studies.serving.settings import (
+    NOOP_MIN_RATIO,
+    PIPELINE_TARGETS,
+    SERVED_TARGETS,
+    BenchSettings,
+    Target,
+)
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -179,6 +185,47 @@ def protocol_figures(served: Sequence[ServedPoint]) -> dict[str, Any] | None:
     }
 
 
+def pipeline_figures(halves: Sequence[OfflinePoint], served: Sequence[ServedPoint]) -> dict[str, Any] | None:
+    """The served point against the offline pipeline at the same (largest) batch size: throughput,
+    and the server's CPU-s per request against the pipeline's per image (with the estimate source,
+    CPU-s are the joules at a fixed W per core), with the issue-17 targets where the model has them."""
+    if not halves:
+        return None
+    size = halves[0].batch_size
+    srv = next((p for p in served if p.max_batch_size == size), None)
+    figures = offline_figures(halves)
+    assert figures is not None
+    images = sum(p.images for p in halves)
+    cpu_ms = sum(p.cpu_cores * p.wall_s for p in halves) / images * 1000
+    throughput_ratio = _ratio(srv.requests_per_s if srv else None, figures.images_per_s)
+    cpu_ratio = _ratio(srv.server_cpu_ms_per_request if srv else None, cpu_ms)
+    target = PIPELINE_TARGETS.get(halves[0].model)
+    return {
+        "batch_size": size,
+        "images_per_s": figures.images_per_s,
+        "drift": figures.drift,
+        "cpu_ms_per_image": cpu_ms,
+        "j_per_image": figures.energy_j_per_image,
+        "energy_source": figures.energy_source,
+        "served_requests_per_s": srv.requests_per_s if srv else None,
+        "served_cpu_ms_per_request": srv.server_cpu_ms_per_request if srv else None,
+        "served_j_per_request": srv.energy_j_per_request if srv else None,
+        "throughput_ratio": throughput_ratio,
+        "cpu_ratio": cpu_ratio,
+        "target": asdict(target) if target else None,
+        "throughput_target": _verdict(
+            None
+            if target is None or throughput_ratio is None
+            else throughput_ratio >= target.min_throughput_ratio
+        ),
+        "cpu_target": _verdict(
+            None if target is None or cpu_ratio is None else cpu_ratio <= target.max_cpu_ratio
+        ),
+        "throughput_within_noise": target is not None
+        and within_noise(throughput_ratio, target.min_throughput_ratio, figures.drift),
+    }
+
+
 def summarize(
     settings: BenchSettings, offline: Sequence[OfflinePoint], served: Sequence[ServedPoint]
 ) -> dict[str, Any]:
@@ -189,7 +236,9 @@ def summarize(
         rows = [
             summary_row(
                 size,
-                offline_figures([p for p in offline if p.model == model and p.batch_size == size]),
+                offline_figures(
+                    [p for p in offline if p.model == model and p.batch_size == size and p.stage == "model"]
+                ),
                 next(
                     (
                         p
@@ -217,6 +266,10 @@ def summarize(
                 "offline": _ratio(largest.offline_images_per_s, smallest.offline_images_per_s),
                 "served": _ratio(largest.served_requests_per_s, smallest.served_requests_per_s),
             },
+            "pipeline": pipeline_figures(
+                [p for p in offline if p.model == model and p.stage == "pipeline"],
+                [p for p in served if p.server == "greenserve" and p.protocol == "raw" and p.model == model],
+            ),
         }
     noop = next(
         (p for p in served if p.server == "greenserve" and p.model == "noop" and p.protocol == "raw"), None

@@ -3,6 +3,7 @@ its file (the measurements themselves run in `make bench`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from pathlib import Path
@@ -195,3 +196,95 @@ def test_the_bare_app_factory_is_where_the_benchmark_points_uvicorn() -> None:
     assert bare_argv(8001)[bare_argv(8001).index("--factory") + 1] == BARE_APP
     app = getattr(importlib.import_module(module), factory)(decode_workers=1)
     assert any(getattr(route, "path", None) == "/classify" for route in app.routes)
+
+
+# --- the offline pipeline (decode + preprocess + model) and the serving path's targets ------------
+
+
+def test_the_pipeline_brackets_the_served_point_at_the_largest_batch_size() -> None:
+    settings = BenchSettings(models=("resnet18", "shufflenet_v2_x0_5"), batch_sizes=(1, 16), protocols=False)
+    steps = [(s.kind, s.model, s.batch_size, s.half) for s in plan(settings)]
+    for model in ("resnet18", "shufflenet_v2_x0_5"):
+        at = steps.index(("served", model, 16, 0))
+        assert steps[at - 2 : at + 3] == [
+            ("offline", model, 16, 1),
+            ("pipeline", model, 16, 1),
+            ("served", model, 16, 0),
+            ("pipeline", model, 16, 2),
+            ("offline", model, 16, 2),
+        ]
+        assert ("pipeline", model, 1, 1) not in steps
+    assert not [s for s in plan(BenchSettings(pipeline=False)) if s.kind == "pipeline"]
+    assert not [s for s in plan(BenchSettings(models=("noop",), batch_sizes=(16,))) if s.kind == "pipeline"]
+    assert settings_from_args(build_parser().parse_args(["--no-pipeline"])).pipeline is False
+
+
+def _pipeline(model: str, half: int, images_per_s: float, cpu_cores: float) -> OfflinePoint:
+    point = offline(model, 16, half, images_per_s, 0.06)
+    return dataclasses.replace(point, cpu_cores=cpu_cores, stage="pipeline")
+
+
+def test_the_serving_path_is_judged_against_the_pipeline() -> None:
+    model = "shufflenet_v2_x0_5"
+    offline_points = [
+        offline(model, 16, 1, 220.0, 0.05),
+        offline(model, 16, 2, 220.0, 0.05),
+        _pipeline(model, 1, 200.0, 1.2),  # 6.0 CPU ms per image
+        _pipeline(model, 2, 200.0, 1.2),
+    ]
+    fast = dataclasses.replace(served("greenserve", model, 16, 184.0, 0.07), server_cpu_ms_per_request=6.6)
+    summary = summarize(BenchSettings(models=(model,), batch_sizes=(16,)), offline_points, [fast])
+    entry = summary["models"][model]
+    # The model-only rows ignore the pipeline's points.
+    assert entry["rows"][0]["offline_images_per_s"] == pytest.approx(220.0)
+    pipe = entry["pipeline"]
+    assert pipe["images_per_s"] == pytest.approx(200.0) and pipe["cpu_ms_per_image"] == pytest.approx(6.0)
+    assert pipe["throughput_ratio"] == pytest.approx(0.92) and pipe["throughput_target"] == "PASS"
+    assert pipe["cpu_ratio"] == pytest.approx(1.1) and pipe["cpu_target"] == "PASS"
+    slow = dataclasses.replace(fast, requests_per_s=170.0, server_cpu_ms_per_request=7.2)
+    pipe = summarize(BenchSettings(models=(model,), batch_sizes=(16,)), offline_points, [slow])["models"][
+        model
+    ]["pipeline"]
+    assert pipe["throughput_target"] == "FAIL" and pipe["cpu_target"] == "FAIL"
+    # A model without pipeline targets is reported without a verdict; none measured: None.
+    other = summarize(
+        BenchSettings(models=("resnet18",), batch_sizes=(16,)),
+        [_pipeline("resnet18", 1, 30.0, 1.0)],
+        [served("greenserve", "resnet18", 16, 29.0, 0.4)],
+    )["models"]["resnet18"]["pipeline"]
+    assert other["target"] is None and other["throughput_target"] is None
+    assert (
+        summarize(BenchSettings(models=("resnet18",), batch_sizes=(1, 16)), OFFLINE, SERVED)["models"][
+            "resnet18"
+        ]["pipeline"]
+        is None
+    )
+
+
+def test_the_pipeline_decodes_and_computes_from_the_bytes() -> None:
+    from service.config import Settings
+    from service.model import load_classifier
+    from studies.serving.offline import measure_pipeline
+    from tests.conftest import gray_png
+
+    class Sampler:
+        source = "estimate"
+
+        def energy_between(self, t0: float, t1: float, *, settle: bool = False) -> float:
+            return 2.0
+
+    classifier = load_classifier(Settings())
+    bodies = [gray_png(i) for i in range(5)]
+    point = measure_pipeline(
+        classifier,
+        bodies,
+        4,
+        Sampler(),
+        decode_workers=1,
+        duration_s=0.2,
+        warmup_s=0.05,
+        half=1,  # type: ignore[arg-type]
+    )
+    assert point.stage == "pipeline" and point.half == 1 and point.batch_size == 4
+    assert point.images == 4 * point.batches and point.batches >= 3
+    assert point.cpu_cores > 0 and point.energy_j_per_image == pytest.approx(2.0 / point.images)
