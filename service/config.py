@@ -67,6 +67,15 @@ class Settings(BaseSettings):
             "predictions are meaningless). Default: embedded for digits_cnn, DEFAULT otherwise."
         ),
     )
+    model_runtime: Literal["torchscript", "eager"] = Field(
+        "torchscript",
+        description=(
+            "How the model's forward runs: 'torchscript' traces it once at load (torch.jit.trace, the "
+            "same kernels, checked against eager at load; falls back to eager with a warning where it "
+            "does not trace) so a batch runs without taking the GIL for every op; 'eager' runs the "
+            "nn.Module as it is (docs/performance.md)."
+        ),
+    )
     labels_file: Path | None = Field(
         None, description="Labels, one per line (or a JSON list); overrides the weights' metadata."
     )
@@ -74,6 +83,14 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:N, mps, or auto.")
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="torch intra-op threads (default: torch's own choice)."
+    )
+    cpu_affinity: Literal["auto", "off"] = Field(
+        "auto",
+        description=(
+            "auto: on a CPU device, when torch_threads leaves CPUs free, the model thread(s) run on "
+            "torch_threads CPUs of their own and the event loop and decode threads on the others, so "
+            "the model never waits for a core (docs/performance.md); off: the scheduler places them."
+        ),
     )
     allocator: Literal["reuse", "system"] = Field(
         "reuse",

@@ -185,3 +185,55 @@ async def test_warm_up_runs_each_size_in_every_thread_that_will_serve(workers: i
         assert {thread for thread, _ in classifier.calls} <= threads  # served by warmed threads
     finally:
         engine.close()
+
+
+class _BatchBaked(torch.nn.Module):
+    """Traces, but bakes the traced batch size into a reshape: the check must catch it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(int(x.shape[0]), -1)
+        return flat[:, :3] * 2
+
+
+class _Untraceable(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no tracing here")
+
+
+def _classifier(module: torch.nn.Module) -> TorchClassifier:
+    return TorchClassifier(
+        module,
+        lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32)).flatten()[:12],
+        name="toy",
+        weights="random",
+        labels=["a", "b", "c"],
+        device="cpu",
+        example=Image.new("L", (4, 4), 7),
+    )
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "shufflenet_v2_x0_5"])
+def test_models_run_as_torchscript_traces_with_eager_outputs(name: str) -> None:
+    weights = None if name == "digits_cnn" else "random"
+    traced = load_classifier(settings(model=name, weights=weights))
+    eager = load_classifier(settings(model=name, weights=weights, model_runtime="eager"))
+    assert isinstance(traced, TorchClassifier) and isinstance(eager, TorchClassifier)
+    assert traced.runtime == "torchscript" and isinstance(traced.forward, torch.jit.ScriptModule)
+    assert eager.runtime == "eager" and traced.describe()["runtime"] == "torchscript"
+    if name != "digits_cnn":  # random weights: the same ones for both
+        traced.module.load_state_dict(eager.module.state_dict())
+        traced.trace()
+    item = traced.preprocess(traced.example_image())
+    for n in (1, 5):
+        batch = [item + 0.01 * i for i in range(n)]
+        assert torch.allclose(traced.predict(batch), eager.predict(batch), atol=1e-6)
+
+
+def test_a_trace_that_differs_from_eager_or_fails_stays_eager(caplog: pytest.LogCaptureFixture) -> None:
+    baked = _classifier(_BatchBaked())
+    with caplog.at_level("WARNING"):
+        assert baked.trace() is False
+    assert baked.runtime == "eager" and baked.forward is baked.module
+    assert "runs eagerly" in caplog.text
+    broken = _classifier(_Untraceable())
+    assert broken.trace() is False and broken.runtime == "eager"
