@@ -18,6 +18,7 @@ from energy import (
     close_accountant,
     create_accountant,
 )
+from service.affinity import CorePlan, allowed_cpus, plan_cores
 from service.api.errors import install_error_handlers
 from service.api.middleware import AccessLogMiddleware
 from service.api.oip import router as oip_router
@@ -28,7 +29,7 @@ from service.errors import ConfigurationError
 from service.imaging import DecodeLimits
 from service.inference import InferenceEngine, ItemResult
 from service.metrics import Metrics
-from service.model import Classifier, load_classifier
+from service.model import Classifier, NoopClassifier, load_classifier
 from service.pipeline import Pipeline
 from service.policy import read_profile_seed
 from service.recording import ArrivalRecorder, ArrivalRecordingMiddleware, recording_lifespan
@@ -40,6 +41,16 @@ logger = logging.getLogger(__name__)
 #: Start-up: how long to wait for the energy counter's period to be detected, and to measure idle.
 ENERGY_READY_TIMEOUT_S = 5.0
 IDLE_MEASURE_S = 1.0
+
+
+def _core_plan(settings: Settings, classifier: Classifier) -> CorePlan | None:
+    """The model's own CPUs (service.affinity) where ``cpu_affinity=auto`` and they can be had: a
+    CPU device, a model that computes, and torch_threads × concurrent batches below the CPUs."""
+    if settings.cpu_affinity == "off" or settings.torch_threads is None:
+        return None
+    if isinstance(classifier, NoopClassifier) or not classifier.device.startswith("cpu"):
+        return None
+    return plan_cores(allowed_cpus(), settings.torch_threads * settings.max_concurrent_batches)
 
 
 def _build_state(settings: Settings, classifier: Classifier | None) -> ServerState:
@@ -62,7 +73,12 @@ def _build_state(settings: Settings, classifier: Classifier | None) -> ServerSta
     metrics = Metrics(settings.max_batch_size)
     metrics.attach_energy(accountant)
     metrics.set_model_info(classifier.name, classifier.device, classifier.weights)
-    engine = InferenceEngine(classifier, accountant, workers=settings.max_concurrent_batches)
+    engine = InferenceEngine(
+        classifier,
+        accountant,
+        workers=settings.max_concurrent_batches,
+        cores=_core_plan(settings, classifier),
+    )
     seed = None
     if settings.batching_profile is not None:
         try:

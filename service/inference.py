@@ -21,6 +21,7 @@ import torch
 
 from energy import EnergyAccountant, StageEnergy
 from energy.cpuclock import unnamed_foreign_threads
+from service.affinity import CorePlan, pin_other_threads, pin_this_thread
 from service.errors import ModelError
 from service.model import Classifier
 
@@ -54,8 +55,10 @@ class InferenceEngine:
         accountant: EnergyAccountant,
         *,
         workers: int = 1,
+        cores: CorePlan | None = None,
     ) -> None:
         self.classifier = classifier
+        self.cores = cores
         self.accountant = accountant
         self._workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
@@ -72,6 +75,12 @@ class InferenceEngine:
         thread, the first served batch still paid it (a batch of 16 digits: 6.7 ms instead of
         1.7 ms, which the first batch of every measured run carried).
         """
+        if self.cores is not None:
+            # Before the model threads exist: every thread now (the event loop, the sampler, ...)
+            # and every thread they start later (the decode pool) runs on the front end's CPUs;
+            # each model thread moves itself to the model's (service.affinity).
+            pin_other_threads(self.cores.front)
+            logger.info("CPU affinity: %s", self.cores.describe())
         # One job per thread: each waits at the barrier until all have started, so no thread can
         # take two jobs while another takes none.
         barrier = threading.Barrier(self._workers)
@@ -93,6 +102,10 @@ class InferenceEngine:
             logger.info("model energy includes %d thread(s) outside Python (torch's pool)", len(pool))
 
     def _warm_up_thread(self, batch_sizes: tuple[int, ...], barrier: threading.Barrier) -> None:
+        if self.cores is not None:
+            # First, so that torch's intra-op workers, started by this thread's first batch,
+            # inherit the model's CPUs.
+            pin_this_thread(self.cores.model)
         barrier.wait(timeout=WARM_UP_BARRIER_S)
         example = self.classifier.preprocess(self.classifier.example_image())
         for size in sorted(set(batch_sizes)):
