@@ -208,6 +208,20 @@ class _Pending(Generic[T, R]):
     timer: asyncio.TimerHandle | None = field(default=None)
 
 
+class _Once:
+    """Calls ``fn`` the first time it is called, and never again."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn: Callable[[], None] | None = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
+
+
 def _resolve(future: asyncio.Future[Outcome[R]], outcome: Outcome[R] | BaseException) -> bool:
     """Set a future's result or exception unless it is already done; return whether it was set."""
     if future.done():
@@ -521,9 +535,10 @@ class Batcher(Generic[T, R]):
             if batch is None:  # draining and nothing left
                 self._slots.release()
                 return
-            task = create_logged_task(self._execute(batch), name=f"{self._name}-batch")
+            free_slot = _Once(self._free_slot)
+            task = create_logged_task(self._execute(batch, free_slot), name=f"{self._name}-batch")
             self._running.add(task)
-            task.add_done_callback(functools.partial(self._finish_batch, batch))
+            task.add_done_callback(functools.partial(self._finish_batch, batch, free_slot))
 
     def _decide(self) -> tuple[int, float | None]:
         """The policy's decision on the queue now: (items to cut, 0 to wait; re-decide by when)."""
@@ -598,7 +613,7 @@ class Batcher(Generic[T, R]):
                 self._in_flight_items += len(batch)
                 return batch
 
-    async def _execute(self, batch: list[_Pending[T, R]]) -> None:
+    async def _execute(self, batch: list[_Pending[T, R]], free_slot: Callable[[], None]) -> None:
         started = time.monotonic()
         self._observer.on_batch_start(len(batch), [started - p.enqueued_at for p in batch])
         ok = False
@@ -608,14 +623,24 @@ class Batcher(Generic[T, R]):
                 raise BatchResultLengthError(
                     f"batch function returned {len(results)} results for {len(batch)} items"
                 )
-            for pending, value in zip(batch, results, strict=True):
-                _resolve(pending.future, Outcome(value, started - pending.enqueued_at, len(batch)))
-            ok = True
             finished = time.monotonic()
             energy_j = self._batch_energy(results) if self._batch_energy is not None else None
             self._policy.observe_batch(len(batch), started, finished - started, energy_j)
             for pending in batch:
                 self._policy.observe_latency(finished - pending.enqueued_at, finished)
+            # The model is free: the next batch is cut and handed to it before these answers go
+            # out. Resolving first scheduled every waiting request's response ahead of the next
+            # batch, and the model idled while they were written (5 % of a light model's time at
+            # saturation, docs/performance.md). Two turns of the loop: one for the batcher to cut
+            # the next batch, one for that batch's task to hand it to the model's thread.
+            free_slot()
+            try:
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            finally:  # cancelled in between (a shutdown), the answers computed still go out
+                for pending, value in zip(batch, results, strict=True):
+                    _resolve(pending.future, Outcome(value, started - pending.enqueued_at, len(batch)))
+            ok = True
         except Exception as exc:  # (a cancelled batch's callers are failed by _finish_batch)
             for pending in batch:
                 _resolve(pending.future, exc)
@@ -626,8 +651,15 @@ class Batcher(Generic[T, R]):
             )
             self._observer.on_batch_end(len(batch), duration, ok)
 
-    def _finish_batch(self, batch: list[_Pending[T, R]], task: asyncio.Task[None]) -> None:
-        """A batch's task is done: run or not (cancelled before it started), free its slot."""
+    def _free_slot(self) -> None:
+        self._slots.release()
+        self._wakeup.set()
+
+    def _finish_batch(
+        self, batch: list[_Pending[T, R]], free_slot: Callable[[], None], task: asyncio.Task[None]
+    ) -> None:
+        """A batch's task is done: run or not (cancelled before it started), free its slot (unless
+        it did once its results were in)."""
         self._running.discard(task)
         if task.cancelled():
             for pending in batch:
@@ -636,5 +668,5 @@ class Batcher(Generic[T, R]):
                 ):
                     self._drain_failed += 1
         self._in_flight_items -= len(batch)
-        self._slots.release()
+        free_slot()
         self._wakeup.set()

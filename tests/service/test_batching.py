@@ -429,3 +429,31 @@ async def test_close_twice_returns_the_same_report(recorder: Recorder) -> None:
     recorder.gate.set()
     assert (await first).value == 0  # type: ignore[attr-defined]
     assert await one == await two == DrainReport(answered=1, failed=0, timed_out=False)
+
+
+async def test_next_batch_reaches_the_model_before_the_previous_answers_go_out(
+    make_batcher, recorder: Recorder
+) -> None:
+    """When a batch's results come in and a full batch is queued, that batch is handed to the batch
+    function before the finished batch's callers are woken: the model does not idle while the
+    answers are written (docs/performance.md)."""
+    batcher = make_batcher(max_batch_size=2, max_wait_ms=60_000)
+    events: list[str] = []
+    first = await hold_first_batch(batcher, recorder)
+    first.add_done_callback(lambda _: events.append("answer 0"))
+    queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)  # both queued: a full batch waits for the model
+    recorder.entered.clear()
+
+    async def watch_second_batch() -> None:
+        await recorder.entered.wait()
+        events.append("batch [1, 2] started")
+
+    watcher = asyncio.create_task(watch_second_batch())
+    recorder.gate.set()
+    outcomes = await asyncio.gather(first, *queued)
+    await watcher
+    assert recorder.batches == [[0], [1, 2]]
+    assert [o.value for o in outcomes] == [0, 10, 20]  # type: ignore[attr-defined]
+    # The second batch entered the batch function before the first one's caller was answered.
+    assert events.index("batch [1, 2] started") < events.index("answer 0")
