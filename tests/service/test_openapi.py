@@ -34,6 +34,10 @@ from tests.fakes import FakeClassifier
 pytestmark = pytest.mark.asyncio
 
 EXAMPLES_PER_OPERATION = 25
+#: /classify gets more: a few in each fifty reach the decoder with a body it refuses (a 400), and
+#: which ones depends on the generator's state left by earlier tests in the process; with 25 per
+#: mode a whole-suite run sometimes drew none.
+EXAMPLES_FOR_CLASSIFY = 100
 SEND_TIMEOUT_S = 30
 BASE_URL = "http://testserver"
 
@@ -95,7 +99,9 @@ async def test_schemathesis_finds_no_server_error_and_exercises_classify_with_a_
 
         def fuzz(operation: Any, mode: schemathesis.GenerationMode) -> None:
             @settings(
-                max_examples=EXAMPLES_PER_OPERATION,
+                max_examples=EXAMPLES_FOR_CLASSIFY
+                if operation.path == "/classify"
+                else EXAMPLES_PER_OPERATION,
                 derandomize=True,
                 database=None,
                 deadline=None,
@@ -142,8 +148,9 @@ async def test_schemathesis_finds_no_server_error_and_exercises_classify_with_a_
     assert not [key for key in statuses if key[1] >= 500 and key not in own_deadlines], statuses
     assert classify_bodies > 0, statuses
     # Bodies reached the decoder (an undecodable image is a 400) and the model (a generated image).
-    assert statuses[("POST /classify", 400)] > 0, statuses
-    assert statuses[("POST /classify", 200)] > 0, statuses
+    classify = {key: n for key, n in statuses.items() if key[0] == "POST /classify"}
+    assert statuses[("POST /classify", 400)] > 0, classify
+    assert statuses[("POST /classify", 200)] > 0, classify
 
 
 def _own_deadline(prepared: requests.PreparedRequest, response: httpx.Response) -> bool:
