@@ -14,7 +14,11 @@ front end. A thread created later inherits its creator's affinity: the decode po
 started by the event loop, land on the front end's cores; the model thread's intra-op (OpenMP)
 workers, started by the model thread after it pinned itself, on the model's.
 
-Linux only (``os.sched_setaffinity``); elsewhere :func:`plan_cores` returns ``None``.
+Linux only (``os.sched_setaffinity``); elsewhere :func:`plan_cores` returns ``None``. Under a CPU
+*quota* smaller than the CPUs the process may run on (a Kubernetes CPU limit without the static CPU
+manager: every node CPU allowed, a share of their time granted), particular CPUs are not the
+process's to claim, so :func:`allowed_cpus` reports ``None`` there and nothing is pinned; with the
+static CPU manager the cpuset is the pod's own and the quota matches it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CorePlan", "allowed_cpus", "pin_other_threads", "pin_this_thread", "plan_cores"]
+__all__ = ["CorePlan", "allowed_cpus", "cpu_quota", "pin_other_threads", "pin_this_thread", "plan_cores"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +43,34 @@ class CorePlan:
         return f"model thread(s) on CPU {_cpus(self.model)}, the front end on CPU {_cpus(self.front)}"
 
 
-def allowed_cpus() -> frozenset[int] | None:
-    """The CPUs this process may run on, or ``None`` where affinity is not supported."""
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cpu_quota(path: Path = CGROUP_CPU_MAX) -> float | None:
+    """The cgroup v2 CPU quota in CPUs (``cpu.max``: quota and period in µs), None when unlimited or
+    unknown."""
+    try:
+        fields = path.read_text().split()
+    except OSError:
+        return None
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        return int(fields[0]) / int(fields[1])
+    except ValueError:
+        return None
+
+
+def allowed_cpus(quota_path: Path = CGROUP_CPU_MAX) -> frozenset[int] | None:
+    """The CPUs this process may run on and has the time of, or ``None`` where affinity is not
+    supported or a CPU quota grants less than those CPUs (see the module docstring)."""
     if not hasattr(os, "sched_getaffinity"):
         return None
-    return frozenset(os.sched_getaffinity(0))
+    cpus = frozenset(os.sched_getaffinity(0))
+    quota = cpu_quota(quota_path)
+    if quota is not None and quota < len(cpus):
+        return None
+    return cpus
 
 
 def plan_cores(allowed: Iterable[int] | None, model_threads: int) -> CorePlan | None:

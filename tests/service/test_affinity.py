@@ -9,7 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.affinity import CorePlan, allowed_cpus, pin_other_threads, pin_this_thread, plan_cores
+from service.affinity import (
+    CorePlan,
+    allowed_cpus,
+    cpu_quota,
+    pin_other_threads,
+    pin_this_thread,
+    plan_cores,
+)
 from tests.conftest import gray_png, server_process
 
 ALLOWED = allowed_cpus()
@@ -97,3 +104,17 @@ def test_a_server_gives_its_model_thread_a_cpu_of_its_own(tmp_path: Path, affini
     assert placements[str(pid)] == set(plan.front)  # the event loop
     assert sum(cpus == set(plan.model) for cpus in placements.values()) >= 1  # the model thread
     assert all(cpus in (set(plan.front), set(plan.model)) for cpus in placements.values())
+
+
+def test_a_cpu_quota_below_the_allowed_cpus_pins_nothing(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert cpu_quota(cpu_max) is None
+    cpu_max.write_text("150000 100000\n")
+    assert cpu_quota(cpu_max) == 1.5
+    assert cpu_quota(tmp_path / "missing") is None
+    if ALLOWED is not None and len(ALLOWED) >= 2:
+        # A Kubernetes CPU limit without the static CPU manager: the node's CPUs, a share of their time.
+        assert allowed_cpus(cpu_max) is None
+        cpu_max.write_text(f"{len(ALLOWED) * 100000} 100000\n")
+        assert allowed_cpus(cpu_max) == ALLOWED
