@@ -1,7 +1,8 @@
 """An asyncio dynamic batcher, generic over an async batch function.
 
 It knows nothing of HTTP or torch: callers :meth:`Batcher.submit` an item and await its result;
-a background loop groups queued items into batches and calls ``handle_batch(items) -> results``.
+a background loop groups queued items into batches and calls ``handle_batch(items)``, which returns
+an awaitable of the results (a coroutine, or a future for work it has already handed on).
 
 Semantics (each one is tested in ``tests/service/test_batching.py``):
 
@@ -16,7 +17,10 @@ Semantics (each one is tested in ``tests/service/test_batching.py``):
 * **Slots before batches.** With ``max_concurrent_batches`` batches already running (1 by default,
   one batch per model at a time) the loop waits for a slot *before* cutting the next batch, so
   items that arrive during a batch join the next one instead of being cut early into a small batch.
-  This is what makes batches grow with load.
+  This is what makes batches grow with load. When a batch's results are in, its slot is freed
+  and the next batch cut and started in that same step, before its answers go out; a batch
+  function that hands its work on when *called* (rather than when awaited) has it with no turn of
+  the event loop in between.
 * **Bounded queue, with admission.** ``max_queue`` bounds the items waiting *plus* the places
   reserved with :meth:`Batcher.reserve` for items still being prepared (a request whose image is
   being read and decoded), so a full queue refuses work before it costs anything. ``reserve`` (or
@@ -50,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
 import math
@@ -222,6 +227,10 @@ class _Once:
             fn()
 
 
+async def _raise(exc: Exception) -> Sequence[Any]:
+    raise exc
+
+
 def _resolve(future: asyncio.Future[Outcome[R]], outcome: Outcome[R] | BaseException) -> bool:
     """Set a future's result or exception unless it is already done; return whether it was set."""
     if future.done():
@@ -257,7 +266,7 @@ class Batcher(Generic[T, R]):
         self._queue: OrderedDict[int, _Pending[T, R]] = OrderedDict()
         self._ids = itertools.count()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._busy = 0  # batches started whose slot is not yet free
         self._running: set[asyncio.Task[None]] = set()
         self._in_flight_items = 0  # cut into a batch and not yet answered (started or not)
         self._reserved = 0  # places held by active admissions
@@ -526,19 +535,50 @@ class Batcher(Generic[T, R]):
 
     async def _run(self) -> None:
         while True:
-            await self._slots.acquire()
-            try:
-                batch = await self._next_batch()
-            except BaseException:
-                self._slots.release()
-                raise
+            batch = await self._next_batch()
             if batch is None:  # draining and nothing left
-                self._slots.release()
                 return
-            free_slot = _Once(self._free_slot)
-            task = create_logged_task(self._execute(batch, free_slot), name=f"{self._name}-batch")
-            self._running.add(task)
-            task.add_done_callback(functools.partial(self._finish_batch, batch, free_slot))
+            self._start(batch)
+
+    def _start(self, batch: list[_Pending[T, R]]) -> None:
+        """Take a slot and start ``batch``: the batch function is *called* here, synchronously, so
+        a batch function that hands its work on at call time (the model's engine submits to its
+        thread and returns a future) has the batch in the model's hands before this returns."""
+        self._busy += 1
+        free_slot = _Once(self._free_slot)
+        started = time.monotonic()
+        self._observer.on_batch_start(len(batch), [started - p.enqueued_at for p in batch])
+        work: Awaitable[Sequence[R]]
+        try:
+            work = self._handle_batch([p.item for p in batch])
+        except Exception as exc:  # raised at call time: the batch's callers get it, as if awaited
+            work = _raise(exc)
+        task = create_logged_task(self._execute(batch, work, started, free_slot), name=f"{self._name}-batch")
+        self._running.add(task)
+        task.add_done_callback(functools.partial(self._finish_batch, batch, work, free_slot))
+
+    def _dispatch_ready(self) -> None:
+        """Cut and start the next batch now, if a slot is free and the policy cuts one now.
+
+        Called when a batch's results are in, from that batch's task: the next batch reaches the
+        model in the same turn of the event loop, before the finished batch's answers go out.
+        Handing over through the batching loop's task took four turns of a loop busy with HTTP
+        (the model thread idled ~6 ms per batch of a light model, docs/performance.md). Whatever
+        this does not cut (the policy waits), the batching loop still cuts when it is due.
+        """
+        if (
+            self._closed
+            or self._loop_task is None
+            or self._loop_task.done()
+            or self._busy >= self._max_concurrent
+            or not self._queue
+        ):
+            return
+        size, _ = self._decide()
+        if size > 0:
+            batch = self._cut(size)
+            if batch:
+                self._start(batch)
 
     def _decide(self) -> tuple[int, float | None]:
         """The policy's decision on the queue now: (items to cut, 0 to wait; re-decide by when)."""
@@ -569,56 +609,65 @@ class Batcher(Generic[T, R]):
         return size, decision.until
 
     async def _next_batch(self) -> list[_Pending[T, R]] | None:
-        """Wait for a full batch or the first item's max wait; return live items (None: stop)."""
+        """Wait for a free slot, then a full batch or the first item's max wait; return live items
+        (None: stop). Every wake-up asks again: a batch may have been started meanwhile
+        (:meth:`_dispatch_ready`), the first item may have expired or been cancelled, items may
+        have arrived, and the settings may have changed."""
         while True:
-            while not self._queue:
+            if self._busy >= self._max_concurrent:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if not self._queue:
                 if self._draining and not self._reserved:
                     return None  # and nothing more can come: no new reservations while draining
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Ask the policy again on every wake-up: the first item may have expired or been
-            # cancelled, items may have arrived, and the settings may have changed.
-            size = 0
-            while self._queue:
-                size, until = self._decide()
-                if size > 0:
-                    break
+                continue
+            size, until = self._decide()
+            if size <= 0:
                 self._wakeup.clear()
                 timeout = None if until is None else until - time.monotonic()
                 if timeout is not None and timeout <= 0:
                     timeout = 0.0005  # a policy that asks again at once: let the loop breathe
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
-            if not self._queue:
                 continue
-            batch: list[_Pending[T, R]] = []
-            now = time.monotonic()
-            while self._queue and len(batch) < size:
-                _, pending = self._queue.popitem(last=False)
-                if pending.timer is not None:
-                    pending.timer.cancel()
-                if pending.future.done():
-                    continue  # caller cancelled
-                if pending.deadline is not None and pending.deadline <= now:
-                    self._observer.on_reject("deadline")
-                    _resolve(
-                        pending.future, DeadlineExceededError("deadline passed in the queue; not computed")
-                    )
-                    continue
-                batch.append(pending)
-            self._observer.on_queue_depth(len(self._queue))
+            batch = self._cut(size)
             if batch:
-                # In flight from this moment, before its task starts: a drain beginning in between
-                # waits for it and counts it.
-                self._in_flight_items += len(batch)
                 return batch
 
-    async def _execute(self, batch: list[_Pending[T, R]], free_slot: Callable[[], None]) -> None:
-        started = time.monotonic()
-        self._observer.on_batch_start(len(batch), [started - p.enqueued_at for p in batch])
+    def _cut(self, size: int) -> list[_Pending[T, R]]:
+        """Take up to ``size`` live items off the queue (failing those whose deadline passed)."""
+        batch: list[_Pending[T, R]] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < size:
+            _, pending = self._queue.popitem(last=False)
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if pending.future.done():
+                continue  # caller cancelled
+            if pending.deadline is not None and pending.deadline <= now:
+                self._observer.on_reject("deadline")
+                _resolve(pending.future, DeadlineExceededError("deadline passed in the queue; not computed"))
+                continue
+            batch.append(pending)
+        self._observer.on_queue_depth(len(self._queue))
+        # In flight from this moment, before its task starts: a drain beginning in between waits
+        # for it and counts it.
+        self._in_flight_items += len(batch)
+        return batch
+
+    async def _execute(
+        self,
+        batch: list[_Pending[T, R]],
+        work: Awaitable[Sequence[R]],
+        started: float,
+        free_slot: Callable[[], None],
+    ) -> None:
         ok = False
         try:
-            results = await self._handle_batch([p.item for p in batch])
+            results = await work
             if len(results) != len(batch):
                 raise BatchResultLengthError(
                     f"batch function returned {len(results)} results for {len(batch)} items"
@@ -628,18 +677,13 @@ class Batcher(Generic[T, R]):
             self._policy.observe_batch(len(batch), started, finished - started, energy_j)
             for pending in batch:
                 self._policy.observe_latency(finished - pending.enqueued_at, finished)
-            # The model is free: the next batch is cut and handed to it before these answers go
-            # out. Resolving first scheduled every waiting request's response ahead of the next
-            # batch, and the model idled while they were written (5 % of a light model's time at
-            # saturation, docs/performance.md). Two turns of the loop: one for the batcher to cut
-            # the next batch, one for that batch's task to hand it to the model's thread.
+            # The model is free: the next batch is cut and handed to it (synchronously, in
+            # _free_slot) before these answers go out. Resolving first scheduled every waiting
+            # request's response ahead of the next batch, and the model idled while they were
+            # written (docs/performance.md).
             free_slot()
-            try:
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-            finally:  # cancelled in between (a shutdown), the answers computed still go out
-                for pending, value in zip(batch, results, strict=True):
-                    _resolve(pending.future, Outcome(value, started - pending.enqueued_at, len(batch)))
+            for pending, value in zip(batch, results, strict=True):
+                _resolve(pending.future, Outcome(value, started - pending.enqueued_at, len(batch)))
             ok = True
         except Exception as exc:  # (a cancelled batch's callers are failed by _finish_batch)
             for pending in batch:
@@ -652,16 +696,25 @@ class Batcher(Generic[T, R]):
             self._observer.on_batch_end(len(batch), duration, ok)
 
     def _free_slot(self) -> None:
-        self._slots.release()
+        self._busy -= 1
         self._wakeup.set()
+        self._dispatch_ready()
 
     def _finish_batch(
-        self, batch: list[_Pending[T, R]], free_slot: Callable[[], None], task: asyncio.Task[None]
+        self,
+        batch: list[_Pending[T, R]],
+        work: Awaitable[Sequence[R]],
+        free_slot: Callable[[], None],
+        task: asyncio.Task[None],
     ) -> None:
         """A batch's task is done: run or not (cancelled before it started), free its slot (unless
         it did once its results were in)."""
         self._running.discard(task)
         if task.cancelled():
+            if inspect.iscoroutine(work):
+                work.close()  # never awaited if the task was cancelled before it ran
+            elif isinstance(work, asyncio.Future):
+                work.cancel()
             for pending in batch:
                 if _resolve(
                     pending.future, DrainingError("server shut down before this request's batch finished")

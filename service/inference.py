@@ -149,11 +149,15 @@ class InferenceEngine:
             for (idx, sc), row in zip(rows, probs, strict=True)
         ]
 
-    async def run_batch(self, batch: list[torch.Tensor]) -> list[ItemResult]:
-        """The batcher's batch function: compute in the worker thread; failures become ModelError."""
-        loop = asyncio.get_running_loop()
+    def run_batch(self, batch: list[torch.Tensor]) -> asyncio.Future[list[ItemResult]]:
+        """The batcher's batch function: hands the batch to the worker thread *now* and returns
+        the future of its results (failures become ModelError). Not a coroutine, so the batch is
+        submitted when the batcher calls this, not a turn of the event loop later when it awaits."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._compute_or_fail, batch)
+
+    def _compute_or_fail(self, batch: list[torch.Tensor]) -> list[ItemResult]:
         try:
-            return await loop.run_in_executor(self._executor, self._compute, batch)
+            return self._compute(batch)
         except ModelError:
             raise
         except Exception as exc:

@@ -457,3 +457,52 @@ async def test_next_batch_reaches_the_model_before_the_previous_answers_go_out(
     assert [o.value for o in outcomes] == [0, 10, 20]  # type: ignore[attr-defined]
     # The second batch entered the batch function before the first one's caller was answered.
     assert events.index("batch [1, 2] started") < events.index("answer 0")
+
+
+async def test_a_batch_function_that_hands_work_on_when_called_gets_the_next_batch_in_the_same_turn() -> None:
+    """A batch function that submits at call time (the model's engine: a thread pool's future) is
+    called for the next batch in the very turn of the event loop in which the previous batch's
+    results arrive; handing over through the batching loop's task took four turns of a busy loop
+    (the light model's thread idled ~6 ms per batch, docs/performance.md)."""
+    loop = asyncio.get_running_loop()
+    calls: list[list[int]] = []
+    futures: list[asyncio.Future[Sequence[int]]] = []
+
+    def submit_now(items: list[int]) -> asyncio.Future[Sequence[int]]:
+        calls.append(list(items))
+        futures.append(loop.create_future())
+        return futures[-1]
+
+    batcher: Batcher[int, int] = Batcher(submit_now, BatchingConfig(max_batch_size=2, max_wait_ms=60_000))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(0))
+    while not calls:  # [0] waits its max wait; make it greedy for this one
+        batcher.reconfigure(max_wait_ms=0)
+        await asyncio.sleep(0)
+    batcher.reconfigure(max_wait_ms=60_000)
+    queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    assert calls == [[0]]  # a full batch is queued while the model is busy
+    futures[0].set_result([0])
+    await asyncio.sleep(0)  # one turn: the batch's task wakes with its results
+    assert calls == [[0], [1, 2]]
+    assert not first.done()  # the answer goes out after the hand-over
+    futures[1].set_result([10, 20])
+    assert [o.value for o in await asyncio.gather(first, *queued)] == [0, 10, 20]
+    assert (await batcher.close(drain_timeout_s=5)).failed == 0
+
+
+async def test_a_batch_function_that_raises_when_called_fails_only_that_batch() -> None:
+    def broken(items: list[int]) -> asyncio.Future[Sequence[int]]:
+        if 1 in items:
+            raise RuntimeError("refused at call time")
+        future: asyncio.Future[Sequence[int]] = asyncio.get_running_loop().create_future()
+        future.set_result([i * 10 for i in items])
+        return future
+
+    batcher: Batcher[int, int] = Batcher(broken, BatchingConfig(max_batch_size=1, max_wait_ms=0))
+    batcher.start()
+    with pytest.raises(RuntimeError, match="refused at call time"):
+        await batcher.submit(1)
+    assert (await batcher.submit(2)).value == 20  # and the batcher keeps serving
+    await batcher.close(drain_timeout_s=5)
