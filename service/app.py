@@ -100,6 +100,11 @@ def _build_state(settings: Settings, classifier: Classifier | None) -> ServerSta
         # The policy learns each batch's model energy (the whole batch's: every item carries it).
         batch_energy=lambda results: results[0].batch_energy.joules if results else None,
         policy_seed=seed,
+        # The engine's executor has max_concurrent_batches threads and queues what it is handed
+        # beyond them in order, so a full batch may be handed to it while the model computes: it
+        # then starts as the running batch ends, without waiting for the event loop (which holds
+        # the GIL while it writes the answers; docs/performance.md).
+        queue_ahead=True,
     )
     metrics.attach_policy(lambda: batcher.policy)
     for sampler in accountant.samplers:

@@ -20,7 +20,12 @@ Semantics (each one is tested in ``tests/service/test_batching.py``):
   This is what makes batches grow with load. When a batch's results are in, its slot is freed
   and the next batch cut and started in that same step, before its answers go out; a batch
   function that hands its work on when *called* (rather than when awaited) has it with no turn of
-  the event loop in between.
+  the event loop in between. One exception to slots first: with ``queue_ahead`` (a batch function
+  that queues what it is handed behind the running batches, as the model's executor does), one
+  *full* batch may be cut while every slot is busy, when all its items can wait two batches' time
+  before their deadlines: it cannot grow by waiting, and queued ahead it starts the moment the
+  running batch ends, without waiting for the event loop. Its start, queue waits and batch metrics
+  count from then.
 * **Bounded queue, with admission.** ``max_queue`` bounds the items waiting *plus* the places
   reserved with :meth:`Batcher.reserve` for items still being prepared (a request whose image is
   being read and decoded), so a full queue refuses work before it costs anything. ``reserve`` (or
@@ -213,6 +218,16 @@ class _Pending(Generic[T, R]):
     timer: asyncio.TimerHandle | None = field(default=None)
 
 
+@dataclass(eq=False)
+class _Run(Generic[T, R]):
+    """A batch handed to the batch function: when it started computing (for a batch queued ahead,
+    when the batch before it finished), and whether it is still queued ahead."""
+
+    batch: list[_Pending[T, R]]
+    started: float
+    ahead: bool
+
+
 class _Once:
     """Calls ``fn`` the first time it is called, and never again."""
 
@@ -255,6 +270,7 @@ class Batcher(Generic[T, R]):
         name: str = "batcher",
         batch_energy: Callable[[Sequence[R]], float | None] | None = None,
         policy_seed: Mapping[int, tuple[float, float]] | None = None,
+        queue_ahead: bool = False,
     ) -> None:
         if max_concurrent_batches < 1:
             raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
@@ -266,7 +282,9 @@ class Batcher(Generic[T, R]):
         self._queue: OrderedDict[int, _Pending[T, R]] = OrderedDict()
         self._ids = itertools.count()
         self._wakeup = asyncio.Event()
-        self._busy = 0  # batches started whose slot is not yet free
+        self._busy = 0  # batches handed to the batch function whose slot is not yet free
+        self._queue_ahead = queue_ahead
+        self._ahead: _Run[T, R] | None = None  # the batch queued ahead, until one before it ends
         self._running: set[asyncio.Task[None]] = set()
         self._in_flight_items = 0  # cut into a batch and not yet answered (started or not)
         self._reserved = 0  # places held by active admissions
@@ -538,24 +556,66 @@ class Batcher(Generic[T, R]):
             batch = await self._next_batch()
             if batch is None:  # draining and nothing left
                 return
-            self._start(batch)
+            self._start(batch, ahead=self._busy >= self._max_concurrent)
 
-    def _start(self, batch: list[_Pending[T, R]]) -> None:
+    def _start(self, batch: list[_Pending[T, R]], *, ahead: bool = False) -> None:
         """Take a slot and start ``batch``: the batch function is *called* here, synchronously, so
         a batch function that hands its work on at call time (the model's engine submits to its
-        thread and returns a future) has the batch in the model's hands before this returns."""
+        thread and returns a future) has the batch in the model's hands before this returns.
+        ``ahead``: every slot is busy and the batch function queues it behind them."""
         self._busy += 1
-        free_slot = _Once(self._free_slot)
-        started = time.monotonic()
-        self._observer.on_batch_start(len(batch), [started - p.enqueued_at for p in batch])
+        run = _Run(batch, time.monotonic(), ahead)
+        if ahead:
+            self._ahead = run  # it starts computing when a batch before it ends: _promote
+        else:
+            self._observer.on_batch_start(len(batch), [run.started - p.enqueued_at for p in batch])
+        free_slot = _Once(functools.partial(self._free_slot, run))
         work: Awaitable[Sequence[R]]
         try:
             work = self._handle_batch([p.item for p in batch])
         except Exception as exc:  # raised at call time: the batch's callers get it, as if awaited
             work = _raise(exc)
-        task = create_logged_task(self._execute(batch, work, started, free_slot), name=f"{self._name}-batch")
+        task = create_logged_task(self._execute(run, work, free_slot), name=f"{self._name}-batch")
         self._running.add(task)
         task.add_done_callback(functools.partial(self._finish_batch, batch, work, free_slot))
+
+    def _promote(self, run: _Run[T, R]) -> None:
+        """A batch queued ahead starts computing now: its start, queue waits and metrics from here."""
+        if run.ahead:
+            run.ahead = False
+            run.started = time.monotonic()
+            self._observer.on_batch_start(len(run.batch), [run.started - p.enqueued_at for p in run.batch])
+        if self._ahead is run:
+            self._ahead = None
+
+    def _may_queue_ahead(self) -> bool:
+        """Whether a batch may be cut now although every slot is busy: the batch function queues
+        it behind the running ones (``queue_ahead``), none is queued ahead yet, not draining, and
+        a *full* batch is waiting, whose items can all wait one more batch's time before their
+        deadlines (a full batch cannot grow by waiting; cut ahead, it is in the model's queue when
+        the running batch ends, and the model does not wait for the event loop to hand it over)."""
+        if (
+            not self._queue_ahead
+            or self._ahead is not None
+            or self._busy != self._max_concurrent
+            or self._draining
+            or self._ewma_batch_s is None
+        ):
+            return False
+        cap = self._config.max_batch_size
+        if len(self._queue) < cap:
+            return False
+        latest_start = time.monotonic() + 2 * self._ewma_batch_s
+        live = 0
+        for pending in self._queue.values():
+            if pending.future.done():
+                continue
+            if pending.deadline is not None and pending.deadline < latest_start:
+                return False
+            live += 1
+            if live == cap:
+                return True
+        return False
 
     def _dispatch_ready(self) -> None:
         """Cut and start the next batch now, if a slot is free and the policy cuts one now.
@@ -614,7 +674,8 @@ class Batcher(Generic[T, R]):
         (:meth:`_dispatch_ready`), the first item may have expired or been cancelled, items may
         have arrived, and the settings may have changed."""
         while True:
-            if self._busy >= self._max_concurrent:
+            ahead = self._busy >= self._max_concurrent
+            if ahead and not self._may_queue_ahead():
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -625,6 +686,10 @@ class Batcher(Generic[T, R]):
                 await self._wakeup.wait()
                 continue
             size, until = self._decide()
+            if ahead and size < self._config.max_batch_size:
+                self._wakeup.clear()  # ahead, only the full batch the policy cuts now
+                await self._wakeup.wait()
+                continue
             if size <= 0:
                 self._wakeup.clear()
                 timeout = None if until is None else until - time.monotonic()
@@ -659,20 +724,19 @@ class Batcher(Generic[T, R]):
         return batch
 
     async def _execute(
-        self,
-        batch: list[_Pending[T, R]],
-        work: Awaitable[Sequence[R]],
-        started: float,
-        free_slot: Callable[[], None],
+        self, run: _Run[T, R], work: Awaitable[Sequence[R]], free_slot: Callable[[], None]
     ) -> None:
+        batch = run.batch
         ok = False
         try:
             results = await work
+            self._promote(run)  # (a batch queued ahead was promoted when the one before it ended)
             if len(results) != len(batch):
                 raise BatchResultLengthError(
                     f"batch function returned {len(results)} results for {len(batch)} items"
                 )
             finished = time.monotonic()
+            started = run.started
             energy_j = self._batch_energy(results) if self._batch_energy is not None else None
             self._policy.observe_batch(len(batch), started, finished - started, energy_j)
             for pending in batch:
@@ -689,14 +753,19 @@ class Batcher(Generic[T, R]):
             for pending in batch:
                 _resolve(pending.future, exc)
         finally:
-            duration = time.monotonic() - started
+            self._promote(run)
+            duration = time.monotonic() - run.started
             self._ewma_batch_s = (
                 duration if self._ewma_batch_s is None else 0.8 * self._ewma_batch_s + 0.2 * duration
             )
             self._observer.on_batch_end(len(batch), duration, ok)
 
-    def _free_slot(self) -> None:
+    def _free_slot(self, run: _Run[T, R]) -> None:
         self._busy -= 1
+        if self._ahead is run:
+            self._ahead = None  # ended (a drain) before any batch before it did
+        elif self._ahead is not None:
+            self._promote(self._ahead)  # queued behind this batch: computing from now
         self._wakeup.set()
         self._dispatch_ready()
 

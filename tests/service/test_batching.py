@@ -506,3 +506,89 @@ async def test_a_batch_function_that_raises_when_called_fails_only_that_batch() 
         await batcher.submit(1)
     assert (await batcher.submit(2)).value == 20  # and the batcher keeps serving
     await batcher.close(drain_timeout_s=5)
+
+
+class Starts(NullObserver):
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+
+    def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None:
+        self.starts.append(batch_size)
+
+
+async def _queued_model(
+    *, queue_ahead: bool
+) -> tuple[Batcher[int, int], list[list[int]], list[asyncio.Future[Sequence[int]]], Starts]:
+    """A batcher of max batch 2 over a 'model' that queues what it is handed (futures the test
+    resolves), after one finished batch (so it knows how long a batch takes)."""
+    loop = asyncio.get_running_loop()
+    calls: list[list[int]] = []
+    futures: list[asyncio.Future[Sequence[int]]] = []
+
+    def model(items: list[int]) -> asyncio.Future[Sequence[int]]:
+        calls.append(list(items))
+        futures.append(loop.create_future())
+        return futures[-1]
+
+    starts = Starts()
+    batcher: Batcher[int, int] = Batcher(
+        model, BatchingConfig(max_batch_size=2, max_wait_ms=60_000), observer=starts, queue_ahead=queue_ahead
+    )
+    batcher.start()
+    warm = [asyncio.create_task(batcher.submit(i)) for i in (100, 101)]
+    while not futures:
+        await asyncio.sleep(0)
+    futures[0].set_result([0, 0])
+    await asyncio.gather(*warm)
+    return batcher, calls, futures, starts
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_full_batch_is_queued_ahead_of_the_running_one_when_the_model_queues() -> None:
+    batcher, calls, futures, starts = await _queued_model(queue_ahead=True)
+    running = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await _turns()
+    assert calls[1:] == [[1, 2]]
+    one = asyncio.create_task(batcher.submit(3))
+    await _turns()
+    assert calls[1:] == [[1, 2]]  # not full: it may still grow, so it waits for the slot
+    ahead = [one, asyncio.create_task(batcher.submit(4))]
+    later = [asyncio.create_task(batcher.submit(i)) for i in (5, 6)]
+    await _turns()
+    assert calls[1:] == [[1, 2], [3, 4]]  # full: handed over while [1, 2] computes; one ahead only
+    assert starts.starts == [2, 2]  # [3, 4] has not started computing: no metrics for it yet
+    assert batcher.in_flight_items == 4
+    futures[1].set_result([10, 20])
+    await _turns()
+    assert starts.starts == [2, 2, 2]  # [3, 4] computes from the moment [1, 2] ended
+    assert calls[1:] == [[1, 2], [3, 4], [5, 6]]  # and [5, 6] is now the one queued ahead
+    futures[2].set_result([30, 40])
+    futures[3].set_result([50, 60])
+    outcomes = await asyncio.gather(*running, *ahead, *later)
+    assert [o.value for o in outcomes] == [10, 20, 30, 40, 50, 60]
+    assert (await batcher.close(drain_timeout_s=5)).failed == 0
+
+
+async def test_no_batch_is_queued_ahead_by_default_or_past_a_near_deadline() -> None:
+    for queue_ahead, deadline_s in ((False, None), (True, 0.0)):
+        batcher, calls, futures, _ = await _queued_model(queue_ahead=queue_ahead)
+        running = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await _turns()
+        # A deadline closer than two batches' time: not cut ahead (a batch "takes" a minute here).
+        deadline = None
+        if deadline_s is not None:
+            batcher._ewma_batch_s = 60.0
+            deadline = time.monotonic() + 30
+        waiting = [asyncio.create_task(batcher.submit(i, deadline=deadline)) for i in (3, 4)]
+        await _turns()
+        assert calls[1:] == [[1, 2]], (queue_ahead, deadline_s)
+        futures[1].set_result([10, 20])
+        await _turns()
+        assert calls[1:] == [[1, 2], [3, 4]]
+        futures[2].set_result([30, 40])
+        assert [o.value for o in await asyncio.gather(*running, *waiting)] == [10, 20, 30, 40]
+        await batcher.close(drain_timeout_s=5)
