@@ -25,7 +25,8 @@ Semantics (each one is tested in ``tests/service/test_batching.py``):
   *full* batch may be cut while every slot is busy, when all its items can wait two batches' time
   before their deadlines: it cannot grow by waiting, and queued ahead it starts the moment the
   running batch ends, without waiting for the event loop. Its start, queue waits and batch metrics
-  count from then.
+  count from then, and until then its items count as waiting (``max_queue``, the queue-depth
+  gauge, ``Retry-After``): queueing ahead changes when the model gets a batch, nothing else.
 * **Bounded queue, with admission.** ``max_queue`` bounds the items waiting *plus* the places
   reserved with :meth:`Batcher.reserve` for items still being prepared (a request whose image is
   being read and decoded), so a full queue refuses work before it costs anything. ``reserve`` (or
@@ -324,7 +325,15 @@ class Batcher(Generic[T, R]):
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Items waiting to compute: queued, or cut into a batch queued ahead (``queue_ahead``)."""
+        return self._waiting()
+
+    def _waiting(self) -> int:
+        # A batch queued ahead has left the queue but still waits: it counts against max_queue,
+        # in the queue-depth gauge and in Retry-After as its items did while queued, so that
+        # queueing ahead changes when the model gets a batch and nothing else (the simulator
+        # models the batcher without it: docs/simulator.md).
+        return len(self._queue) + (len(self._ahead.batch) if self._ahead is not None else 0)
 
     @property
     def in_flight_batches(self) -> int:
@@ -442,7 +451,7 @@ class Batcher(Generic[T, R]):
         self._policy.observe_arrival(now)
         if self._draining:
             self._drain_accepted += 1
-        self._observer.on_queue_depth(len(self._queue))
+        self._observer.on_queue_depth(self._waiting())
         self._wakeup.set()
         try:
             return await pending.future
@@ -451,7 +460,7 @@ class Batcher(Generic[T, R]):
                 pending.timer.cancel()
             if self._queue.pop(key, None) is not None:
                 # Only reachable when the caller was cancelled while its item was still queued.
-                self._observer.on_queue_depth(len(self._queue))
+                self._observer.on_queue_depth(self._waiting())
 
     async def close(self, drain_timeout_s: float = 30.0) -> DrainReport:
         """Stop accepting, answer what was accepted, then stop the loop.
@@ -479,11 +488,11 @@ class Batcher(Generic[T, R]):
         if not self._accepting:
             self._observer.on_reject("draining")
             raise DrainingError()
-        taken = len(self._queue) + self._reserved
-        if taken >= self._config.max_queue:
+        waiting = self._waiting()
+        if waiting + self._reserved >= self._config.max_queue:
             self._observer.on_reject("queue_full")
             raise QueueFullError(
-                f"queue is full ({len(self._queue)} waiting and {self._reserved} being prepared, "
+                f"queue is full ({waiting} waiting and {self._reserved} being prepared, "
                 f"of {self._config.max_queue})",
                 retry_after_s=self._retry_after_s(),
             )
@@ -536,7 +545,7 @@ class Batcher(Generic[T, R]):
         if pending is None:
             return
         self._observer.on_reject("deadline")
-        self._observer.on_queue_depth(len(self._queue))
+        self._observer.on_queue_depth(self._waiting())
         waited_ms = (time.monotonic() - pending.enqueued_at) * 1000
         _resolve(
             pending.future,
@@ -547,7 +556,7 @@ class Batcher(Generic[T, R]):
     def _retry_after_s(self) -> int:
         """Seconds until the queue has likely drained enough to take a new item (at least 1)."""
         per_batch_s = self._ewma_batch_s or 0.1
-        ahead = len(self._queue) + self._reserved
+        ahead = self._waiting() + self._reserved
         batches_ahead = ahead / (self._config.max_batch_size * self._max_concurrent)
         return max(1, math.ceil(batches_ahead * per_batch_s))
 
@@ -567,6 +576,7 @@ class Batcher(Generic[T, R]):
         run = _Run(batch, time.monotonic(), ahead)
         if ahead:
             self._ahead = run  # it starts computing when a batch before it ends: _promote
+            self._observer.on_queue_depth(self._waiting())  # its items still wait
         else:
             self._observer.on_batch_start(len(batch), [run.started - p.enqueued_at for p in batch])
         free_slot = _Once(functools.partial(self._free_slot, run))
@@ -587,6 +597,7 @@ class Batcher(Generic[T, R]):
             self._observer.on_batch_start(len(run.batch), [run.started - p.enqueued_at for p in run.batch])
         if self._ahead is run:
             self._ahead = None
+            self._observer.on_queue_depth(self._waiting())
 
     def _may_queue_ahead(self) -> bool:
         """Whether a batch may be cut now although every slot is busy: the batch function queues
@@ -717,7 +728,7 @@ class Batcher(Generic[T, R]):
                 _resolve(pending.future, DeadlineExceededError("deadline passed in the queue; not computed"))
                 continue
             batch.append(pending)
-        self._observer.on_queue_depth(len(self._queue))
+        self._observer.on_queue_depth(self._waiting())
         # In flight from this moment, before its task starts: a drain beginning in between waits
         # for it and counts it.
         self._in_flight_items += len(batch)

@@ -511,13 +511,17 @@ async def test_a_batch_function_that_raises_when_called_fails_only_that_batch() 
 class Starts(NullObserver):
     def __init__(self) -> None:
         self.starts: list[int] = []
+        self.depths: list[int] = []
 
     def on_batch_start(self, batch_size: int, queue_waits_s: Sequence[float]) -> None:
         self.starts.append(batch_size)
 
+    def on_queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
 
 async def _queued_model(
-    *, queue_ahead: bool
+    *, queue_ahead: bool, max_queue: int = 1024
 ) -> tuple[Batcher[int, int], list[list[int]], list[asyncio.Future[Sequence[int]]], Starts]:
     """A batcher of max batch 2 over a 'model' that queues what it is handed (futures the test
     resolves), after one finished batch (so it knows how long a batch takes)."""
@@ -532,7 +536,10 @@ async def _queued_model(
 
     starts = Starts()
     batcher: Batcher[int, int] = Batcher(
-        model, BatchingConfig(max_batch_size=2, max_wait_ms=60_000), observer=starts, queue_ahead=queue_ahead
+        model,
+        BatchingConfig(max_batch_size=2, max_wait_ms=60_000, max_queue=max_queue),
+        observer=starts,
+        queue_ahead=queue_ahead,
     )
     batcher.start()
     warm = [asyncio.create_task(batcher.submit(i)) for i in (100, 101)]
@@ -571,6 +578,36 @@ async def test_a_full_batch_is_queued_ahead_of_the_running_one_when_the_model_qu
     outcomes = await asyncio.gather(*running, *ahead, *later)
     assert [o.value for o in outcomes] == [10, 20, 30, 40, 50, 60]
     assert (await batcher.close(drain_timeout_s=5)).failed == 0
+
+
+async def test_a_batch_queued_ahead_still_counts_as_waiting_for_the_queue_bound_and_depth() -> None:
+    # Queueing ahead changes when the model gets a batch, nothing else: its items keep their
+    # places in max_queue (429 at the same point as without it), the depth gauge and Retry-After.
+    batcher, calls, futures, starts = await _queued_model(queue_ahead=True, max_queue=4)
+    running = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await _turns()
+    waiting = [asyncio.create_task(batcher.submit(i)) for i in (3, 4, 5, 6)]
+    await _turns()
+    assert calls[1:] == [[1, 2], [3, 4]]  # [3, 4] queued ahead, [5, 6] in the queue
+    assert batcher.queue_depth == 4 and starts.depths[-1] == 4
+    with pytest.raises(QueueFullError):
+        await batcher.submit(7)
+    futures[1].set_result([10, 20])
+    await _turns()
+    assert calls[1:] == [[1, 2], [3, 4], [5, 6]]  # [3, 4] computes, [5, 6] is ahead now
+    assert batcher.queue_depth == 2 and starts.depths[-1] == 2
+    extra = [asyncio.create_task(batcher.submit(i)) for i in (7, 8)]
+    await _turns()
+    assert batcher.queue_depth == 4
+    futures[2].set_result([30, 40])
+    await _turns()
+    futures[3].set_result([50, 60])
+    await _turns()
+    futures[4].set_result([70, 80])
+    outcomes = await asyncio.gather(*running, *waiting, *extra)
+    assert [o.value for o in outcomes] == [10, 20, 30, 40, 50, 60, 70, 80]
+    assert batcher.queue_depth == 0 and starts.depths[-1] == 0
+    await batcher.close(drain_timeout_s=5)
 
 
 async def test_no_batch_is_queued_ahead_by_default_or_past_a_near_deadline() -> None:
