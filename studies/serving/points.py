@@ -78,3 +78,7 @@ class ServedPoint:
     queue_wait_mean_ms: float | None = None
     #: How the requests were sent (studies.serving.settings.Protocol).
     protocol: str = "raw"
+    #: Where a request's energy goes: Δ greenserve_stage_energy_joules_total{stage, source} ÷ Δ
+    #: requests answered, by source then stage (model, decode, serving); idle excluded. Under the
+    #: ``estimate`` source each is the stage's CPU time per request × the watts per core.
+    stage_j_per_request: dict[str, dict[str, float]] | None = None

@@ -41,7 +41,23 @@ DIAGNOSTIC_COLUMNS = (
     "client CPU ms/req",
     "other cores",
     "device J/req",
+    "J/req by stage: model | decode | serving",
 )
+
+#: The server's stages, in the order a request meets the costly ones (service.request_energy).
+STAGE_ORDER = ("model", "decode", "serving")
+
+
+def _stages(by_source: dict[str, dict[str, float]] | None) -> str:
+    """A point's J/request by stage, one group per energy source (named when there are several)."""
+    if not by_source:
+        return "—"
+    groups = []
+    for source, stages in sorted(by_source.items()):
+        order = [*STAGE_ORDER, *sorted(set(stages) - set(STAGE_ORDER))]
+        figures = " | ".join(_fmt(stages.get(stage)) for stage in order)
+        groups.append(figures if len(by_source) == 1 else f"{source}: {figures}")
+    return "; ".join(groups)
 
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
@@ -190,6 +206,7 @@ def render(report: dict[str, Any], console: Console) -> None:
             _fmt(point["client_cpu_ms_per_request"], ".2f"),
             _fmt(point["other_cpu_cores"], ".2f"),
             _fmt(point["device_energy_j_per_request"]),
+            _stages(point.get("stage_j_per_request")),
         )
     console.print(diagnostics)
     noisy = any(

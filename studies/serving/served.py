@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from loadgen.metrics import metric
+from loadgen.metrics import MetricKey, metric
 from studies.kit import server as servers
 from studies.kit.machine import delta
 from studies.kit.server import HOST, ServerError, running_server
@@ -139,8 +139,29 @@ def served_point(step: Step, settings: BenchSettings, run: LoadRun) -> ServedPoi
                 if d("greenserve_queue_wait_seconds_count")
                 else None
             ),
+            stage_j_per_request=stage_energy(m0, m1, ok_metrics) if ok_metrics else None,
         )
     return ServedPoint(**point)
+
+
+STAGE_METRIC = "greenserve_stage_energy_joules_total"
+
+
+def stage_energy(
+    before: dict[MetricKey, float], after: dict[MetricKey, float], requests: float
+) -> dict[str, dict[str, float]]:
+    """Each stage's energy per request over the window, by source then stage (the server's
+    ``greenserve_stage_energy_joules_total``): where a request's joules go."""
+    out: dict[str, dict[str, float]] = {}
+    for (name, labels), value in sorted(after.items(), key=lambda kv: sorted(kv[0][1])):
+        if name != STAGE_METRIC:
+            continue
+        label = dict(labels)
+        if "stage" not in label or "source" not in label:
+            continue
+        joules = value - before.get((name, labels), 0.0)
+        out.setdefault(label["source"], {})[label["stage"]] = joules / requests
+    return out
 
 
 @contextmanager

@@ -9,18 +9,23 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from loadgen.metrics import MetricKey
 from studies.kit.progress import format_duration
 from studies.serving.cli import build_parser, main, plan_line, settings_from_args
+from studies.serving.client import LoadRun, Record, Snapshot
 from studies.serving.points import OfflinePoint, ServedPoint
+from studies.serving.report import render
 from studies.serving.run import RunResult, result_document, write_result
-from studies.serving.served import BARE_APP, bare_argv
+from studies.serving.served import BARE_APP, bare_argv, served_point
 from studies.serving.settings import (
     DEFAULT_MODELS,
     QUICK_DURATION_S,
     QUICK_MODELS,
     QUICK_WARMUP_S,
     BenchSettings,
+    Step,
     default_torch_threads,
     estimate_s,
     plan,
@@ -288,3 +293,52 @@ def test_the_pipeline_decodes_and_computes_from_the_bytes() -> None:
     assert point.stage == "pipeline" and point.half == 1 and point.batch_size == 4
     assert point.images == 4 * point.batches and point.batches >= 3
     assert point.cpu_cores > 0 and point.energy_j_per_image == pytest.approx(2.0 / point.images)
+
+
+def _samples(**series: float) -> dict[MetricKey, float]:
+    """Metric samples from ``name__label_value__label_value=value`` keyword arguments."""
+    out: dict[MetricKey, float] = {}
+    for key, value in series.items():
+        name, *labels = key.split("__")
+        out[(name, frozenset(tuple(label.split("_is_")) for label in labels))] = value
+    return out
+
+
+def test_a_served_point_says_where_a_requests_joules_go_by_stage_and_source(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 100 answers in the window; the model's stage grew by 5 J, decode by 1 J, serving by 0.5 J
+    # (estimate), and an nvml model stage appeared during the window (no sample before it).
+    before = _samples(
+        greenserve_requests_total__status_is_200=400.0,
+        greenserve_stage_energy_joules_total__stage_is_model__source_is_estimate=20.0,
+        greenserve_stage_energy_joules_total__stage_is_decode__source_is_estimate=4.0,
+        greenserve_stage_energy_joules_total__stage_is_serving__source_is_estimate=2.0,
+    )
+    after = _samples(
+        greenserve_requests_total__status_is_200=500.0,
+        greenserve_stage_energy_joules_total__stage_is_model__source_is_estimate=25.0,
+        greenserve_stage_energy_joules_total__stage_is_decode__source_is_estimate=5.0,
+        greenserve_stage_energy_joules_total__stage_is_serving__source_is_estimate=2.5,
+        greenserve_stage_energy_joules_total__stage_is_model__source_is_nvml=3.0,
+    )
+    run = LoadRun(
+        records=[
+            Record(1.0 + i / 100, 1.5 + i / 100, "200", 0.065, "estimate", 16, 80.0) for i in range(100)
+        ],
+        before=Snapshot(1.0, 0.0, 0.0, None, before),
+        after=Snapshot(3.0, 0.1, 1.3, None, after),
+    )
+    point = served_point(Step("served", "shufflenet_v2_x0_5", 16), BenchSettings(), run)
+    assert point.stage_j_per_request == {
+        "estimate": pytest.approx({"model": 0.05, "decode": 0.01, "serving": 0.005}),
+        "nvml": pytest.approx({"model": 0.03}),
+    }
+    assert point.requests_ok == 100 and point.server_cpu_ms_per_request == pytest.approx(13.0)
+    # The report shows them in the order model | decode | serving, one group per source.
+    settings = BenchSettings(models=("resnet18",), batch_sizes=(1, 16))
+    result = RunResult(offline=list(OFFLINE), served=[*SERVED, point], offline_energy_source="estimate")
+    report = result_document(settings, result, started_at="2024-01-01T00:00:00+0000", elapsed_s=60.0)
+    render(report, Console(width=400))
+    out = capsys.readouterr().out
+    assert "estimate: 0.05 | 0.01 | 0.005; nvml: 0.03 | — | —" in out
