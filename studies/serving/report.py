@@ -41,23 +41,41 @@ DIAGNOSTIC_COLUMNS = (
     "client CPU ms/req",
     "other cores",
     "device J/req",
-    "J/req by stage: model | decode | serving",
 )
 
 #: The server's stages, in the order a request meets the costly ones (service.request_energy).
 STAGE_ORDER = ("model", "decode", "serving")
 
+STAGE_COLUMNS = (
+    "max batch",
+    "protocol",
+    "source",
+    *(f"{stage} J/req" for stage in STAGE_ORDER),
+    "Σ stages",
+    "responses' J/req",
+    "serving path share",
+)
 
-def _stages(by_source: dict[str, dict[str, float]] | None) -> str:
-    """A point's J/request by stage, one group per energy source (named when there are several)."""
-    if not by_source:
-        return "—"
-    groups = []
-    for source, stages in sorted(by_source.items()):
-        order = [*STAGE_ORDER, *sorted(set(stages) - set(STAGE_ORDER))]
-        figures = " | ".join(_fmt(stages.get(stage)) for stage in order)
-        groups.append(figures if len(by_source) == 1 else f"{source}: {figures}")
-    return "; ".join(groups)
+
+def _stage_rows(point: dict[str, Any]) -> list[list[str]]:
+    """One row per energy source of a served point's J/request by stage (empty: no stage data)."""
+    rows = []
+    for source, stages in sorted((point.get("stage_j_per_request") or {}).items()):
+        total = sum(stages.values())
+        front = sum(j for stage, j in stages.items() if stage != "model")
+        rows.append(
+            [
+                point["model"],
+                str(point["max_batch_size"]),
+                point.get("protocol", "raw"),
+                source,
+                *(_fmt(stages.get(stage)) for stage in STAGE_ORDER),
+                _fmt(total),
+                _fmt(point.get("energy_j_per_request")) if point.get("energy_source") == source else "—",
+                _fmt(front / total if total > 0 else None, ".0%"),
+            ]
+        )
+    return rows
 
 
 def _fmt(value: float | None, spec: str = ".3g") -> str:
@@ -206,9 +224,19 @@ def render(report: dict[str, Any], console: Console) -> None:
             _fmt(point["client_cpu_ms_per_request"], ".2f"),
             _fmt(point["other_cpu_cores"], ".2f"),
             _fmt(point["device_energy_j_per_request"]),
-            _stages(point.get("stage_j_per_request")),
         )
     console.print(diagnostics)
+    stage_rows = [row for point in report["served"] for row in _stage_rows(point)]
+    if stage_rows:
+        stages = _table(
+            "\nwhere a request's joules go (served points; J/request by stage, idle excluded)",
+            "model",
+            STAGE_COLUMNS,
+            label_first=True,
+        )
+        for row in stage_rows:
+            stages.add_row(*row)
+        console.print(stages)
     noisy = any(
         row["throughput_within_noise"] or row["energy_within_noise"]
         for entry in summary["models"].values()

@@ -335,10 +335,16 @@ def test_a_served_point_says_where_a_requests_joules_go_by_stage_and_source(
         "nvml": pytest.approx({"model": 0.03}),
     }
     assert point.requests_ok == 100 and point.server_cpu_ms_per_request == pytest.approx(13.0)
-    # The report shows them in the order model | decode | serving, one group per source.
+    # The report has a row per source, stages in the order model | decode | serving, and their sum
+    # beside the responses' mean (the same source's only).
     settings = BenchSettings(models=("resnet18",), batch_sizes=(1, 16))
     result = RunResult(offline=list(OFFLINE), served=[*SERVED, point], offline_energy_source="estimate")
     report = result_document(settings, result, started_at="2024-01-01T00:00:00+0000", elapsed_s=60.0)
     render(report, Console(width=400))
     out = capsys.readouterr().out
-    assert "estimate: 0.05 | 0.01 | 0.005; nvml: 0.03 | — | —" in out
+    assert "where a request's joules go" in out
+    rows = [line.split("│")[1:-1] for line in out.splitlines() if "shufflenet_v2_x0_5" in line]
+    assert [[cell.strip() for cell in row] for row in rows[-2:]] == [
+        ["shufflenet_v2_x0_5", "16", "raw", "estimate", "0.05", "0.01", "0.005", "0.065", "0.065", "23%"],
+        ["shufflenet_v2_x0_5", "16", "raw", "nvml", "0.03", "—", "—", "0.03", "—", "0%"],
+    ]
