@@ -775,6 +775,7 @@ class Batcher(Generic[T, R]):
         self._busy -= 1
         if self._ahead is run:
             self._ahead = None  # ended (a drain) before any batch before it did
+            self._observer.on_queue_depth(self._waiting())
         elif self._ahead is not None:
             self._promote(self._ahead)  # queued behind this batch: computing from now
         self._wakeup.set()

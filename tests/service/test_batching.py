@@ -14,6 +14,7 @@ from service.errors import (
     DeadlineExceededError,
     DrainingError,
     InvalidParameterError,
+    ModelError,
     QueueFullError,
 )
 
@@ -608,6 +609,41 @@ async def test_a_batch_queued_ahead_still_counts_as_waiting_for_the_queue_bound_
     assert [o.value for o in outcomes] == [10, 20, 30, 40, 50, 60, 70, 80]
     assert batcher.queue_depth == 0 and starts.depths[-1] == 0
     await batcher.close(drain_timeout_s=5)
+
+
+async def test_a_batch_queued_ahead_that_fails_first_fails_alone_and_leaves_the_queue() -> None:
+    batcher, calls, futures, starts = await _queued_model(queue_ahead=True)
+    running = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await _turns()
+    ahead = [asyncio.create_task(batcher.submit(i)) for i in (3, 4)]
+    await _turns()
+    assert calls[1:] == [[1, 2], [3, 4]] and batcher.queue_depth == 2
+    futures[2].set_exception(ModelError("model failed on this batch"))  # before [1, 2] ends
+    for task in ahead:
+        with pytest.raises(ModelError):
+            await task
+    assert batcher.queue_depth == 0 and starts.depths[-1] == 0
+    futures[1].set_result([10, 20])
+    assert [o.value for o in await asyncio.gather(*running)] == [10, 20]
+    later = [asyncio.create_task(batcher.submit(i)) for i in (5, 6)]
+    await _turns()
+    assert calls[-1] == [5, 6]  # each batch freed its slot once: the next one is cut at once
+    futures[-1].set_result([50, 60])
+    assert [o.value for o in await asyncio.gather(*later)] == [50, 60]
+    await batcher.close(drain_timeout_s=5)
+
+
+async def test_a_drain_that_times_out_fails_a_batch_queued_ahead_and_empties_the_queue_gauge() -> None:
+    batcher, calls, futures, starts = await _queued_model(queue_ahead=True)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3, 4)]
+    await _turns()
+    assert calls[1:] == [[1, 2], [3, 4]] and starts.depths[-1] == 2  # [1, 2] never ends
+    report = await batcher.close(drain_timeout_s=0.05)
+    assert report.timed_out and report.failed == 4
+    for task in tasks:
+        with pytest.raises(DrainingError):
+            await task
+    assert batcher.queue_depth == 0 and starts.depths[-1] == 0
 
 
 async def test_no_batch_is_queued_ahead_by_default_or_past_a_near_deadline() -> None:
