@@ -634,7 +634,7 @@ async def test_a_batch_queued_ahead_that_fails_first_fails_alone_and_leaves_the_
 
 
 async def test_a_drain_that_times_out_fails_a_batch_queued_ahead_and_empties_the_queue_gauge() -> None:
-    batcher, calls, futures, starts = await _queued_model(queue_ahead=True)
+    batcher, calls, _, starts = await _queued_model(queue_ahead=True)
     tasks = [asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3, 4)]
     await _turns()
     assert calls[1:] == [[1, 2], [3, 4]] and starts.depths[-1] == 2  # [1, 2] never ends
