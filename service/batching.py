@@ -602,9 +602,10 @@ class Batcher(Generic[T, R]):
     def _may_queue_ahead(self) -> bool:
         """Whether a batch may be cut now although every slot is busy: the batch function queues
         it behind the running ones (``queue_ahead``), none is queued ahead yet, not draining, and
-        a *full* batch is waiting, whose items can all wait one more batch's time before their
-        deadlines (a full batch cannot grow by waiting; cut ahead, it is in the model's queue when
-        the running batch ends, and the model does not wait for the event loop to hand it over)."""
+        a *full* batch is waiting, whose items can all wait two batches' time (the running one's
+        and their own) before their deadlines (a full batch cannot grow by waiting; cut ahead, it
+        is in the model's queue when the running batch ends, and the model does not wait for the
+        event loop to hand it over)."""
         if (
             not self._queue_ahead
             or self._ahead is not None

@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from service.request_energy import STAGES
+
 #: What a result file holds (``--report FILE`` checks for it).
 RESULT_KEYS = ("benchmark", "settings", "machine", "offline", "served", "summary")
 RESULT_FILE = "a serving benchmark's result file"
@@ -43,8 +45,8 @@ DIAGNOSTIC_COLUMNS = (
     "device J/req",
 )
 
-#: The server's stages, in the order a request meets the costly ones (service.request_energy).
-STAGE_ORDER = ("model", "decode", "serving")
+#: The server's stages (model, decode, serving), as service.request_energy names and orders them.
+STAGE_ORDER = STAGES
 
 STAGE_COLUMNS = (
     "max batch",

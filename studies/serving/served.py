@@ -153,7 +153,7 @@ def stage_energy(
     """Each stage's energy per request over the window, by source then stage (the server's
     ``greenserve_stage_energy_joules_total``): where a request's joules go."""
     out: dict[str, dict[str, float]] = {}
-    for (name, labels), value in sorted(after.items(), key=lambda kv: sorted(kv[0][1])):
+    for (name, labels), value in after.items():
         if name != STAGE_METRIC:
             continue
         label = dict(labels)

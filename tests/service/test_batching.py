@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -460,20 +460,31 @@ async def test_next_batch_reaches_the_model_before_the_previous_answers_go_out(
     assert events.index("batch [1, 2] started") < events.index("answer 0")
 
 
+def _submitting_model() -> tuple[
+    list[list[int]],
+    list[asyncio.Future[Sequence[int]]],
+    Callable[[list[int]], asyncio.Future[Sequence[int]]],
+]:
+    """A batch function that hands its work on when called, as the model's engine does: it records
+    each batch and returns a future the test resolves (the batches it is handed queue, in order)."""
+    loop = asyncio.get_running_loop()
+    calls: list[list[int]] = []
+    futures: list[asyncio.Future[Sequence[int]]] = []
+
+    def submit(items: list[int]) -> asyncio.Future[Sequence[int]]:
+        calls.append(list(items))
+        futures.append(loop.create_future())
+        return futures[-1]
+
+    return calls, futures, submit
+
+
 async def test_a_batch_function_that_hands_work_on_when_called_gets_the_next_batch_in_the_same_turn() -> None:
     """A batch function that submits at call time (the model's engine: a thread pool's future) is
     called for the next batch in the very turn of the event loop in which the previous batch's
     results arrive; handing over through the batching loop's task took four turns of a busy loop
     (the light model's thread idled ~6 ms per batch, docs/performance.md)."""
-    loop = asyncio.get_running_loop()
-    calls: list[list[int]] = []
-    futures: list[asyncio.Future[Sequence[int]]] = []
-
-    def submit_now(items: list[int]) -> asyncio.Future[Sequence[int]]:
-        calls.append(list(items))
-        futures.append(loop.create_future())
-        return futures[-1]
-
+    calls, futures, submit_now = _submitting_model()
     batcher: Batcher[int, int] = Batcher(submit_now, BatchingConfig(max_batch_size=2, max_wait_ms=60_000))
     batcher.start()
     first = asyncio.create_task(batcher.submit(0))
@@ -526,15 +537,7 @@ async def _queued_model(
 ) -> tuple[Batcher[int, int], list[list[int]], list[asyncio.Future[Sequence[int]]], Starts]:
     """A batcher of max batch 2 over a 'model' that queues what it is handed (futures the test
     resolves), after one finished batch (so it knows how long a batch takes)."""
-    loop = asyncio.get_running_loop()
-    calls: list[list[int]] = []
-    futures: list[asyncio.Future[Sequence[int]]] = []
-
-    def model(items: list[int]) -> asyncio.Future[Sequence[int]]:
-        calls.append(list(items))
-        futures.append(loop.create_future())
-        return futures[-1]
-
+    calls, futures, model = _submitting_model()
     starts = Starts()
     batcher: Batcher[int, int] = Batcher(
         model,
