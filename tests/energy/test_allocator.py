@@ -43,6 +43,53 @@ def test_reuse_stops_the_page_faults_of_repeated_big_blocks() -> None:
     assert reuse_faults < system_faults / 20
 
 
+# In a worker thread, as the server's model runs: rounds of three 40 MiB blocks alive at once
+# (more than one of glibc's 64 MiB per-thread heaps holds), then freed. Without M_TOP_PAD, glibc
+# unmaps the emptied heap and the next round faults a third of it back in (10 243 faults a round).
+_THREAD_SCRIPT = """
+import ctypes, resource, sys, threading
+from energy.allocator import configure_allocator
+print(configure_allocator(sys.argv[1]))
+faults = []
+def rounds():
+    for _ in range(8):
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        blocks = [bytearray(40 << 20) for _ in range(3)]
+        del blocks
+        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+worker = threading.Thread(target=rounds)
+worker.start()
+worker.join()
+print(sum(faults[2:]))
+sys.stdout.flush()
+ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per heap, on stderr
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings are glibc's")
+def test_reuse_keeps_a_worker_threads_own_heap_without_page_faults() -> None:
+    results = {}
+    for mode in ("system", "reuse"):
+        done = subprocess.run(
+            [sys.executable, "-c", _THREAD_SCRIPT, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        changed, faults = done.stdout.split()
+        arenas = done.stderr.count("Arena ")
+        results[mode] = (changed, int(faults), arenas)
+    assert results["system"][0] == "False"
+    assert results["system"][1] > 6 * 10_000  # 120 MiB faulted in every round
+    changed, faults, arenas = results["reuse"]
+    assert changed == "True"
+    assert faults == 0
+    # The worker thread had a heap of its own, not the main thread's (docs/performance.md: the
+    # model's buffers apart from the front end's).
+    assert arenas >= 2
+
+
 def test_the_setting_defaults_to_reuse_and_is_validated() -> None:
     assert Settings().allocator == "reuse"
     assert Settings(allocator="system").allocator == "system"
