@@ -21,16 +21,29 @@ size, so every batch re-faults them. With the three settings below the same batc
   threshold, unless the heap before it has less room left than this pad: with it, three 40 MiB
   blocks allocated and freed in a worker thread fault 0 pages a round instead of 15 360).
 
-Each thread keeps a heap of its own (glibc's default: up to 8 per core). Until 2026-12-06 ``reuse``
-also set ``M_ARENA_MAX = 1``, one heap for every thread, so that the model thread's big blocks
-would come from the main heap, which has no 64 MiB limit. Measured on torch's own allocation
-pattern, that was not needed: in a worker thread with a heap of its own, resnet18 at batch 32, 64
-and 128 (a first activation of 103, 206 and 411 MB) and shufflenet_v2_x0_5 at batch 128 ran
-without page faults after the first batches, as fast as with the shared heap (4 045–4 104 against
-4 090–4 163 ms a batch of 128 for resnet18). And the shared heap cost the server: the model's
-buffers were interleaved with the event loop's and the decode threads', and resnet18 at batch 1
-computed 4 % slower than offline (served ÷ offline 0.91–0.96 in ten runs; 0.97–0.98 in ten runs
-with a heap of its own; docs/performance.md).
+and, with ``thread_heaps`` (the server: when a model computes on the CPU), nothing more: each
+thread keeps a heap of its own (glibc's default, up to 8 per core); without it,
+
+* ``M_ARENA_MAX = 1`` — one heap for every thread.
+
+Why both (docs/performance.md, "resnet18 at batch 1"). A model computing on the CPU is faster with
+a heap of its own: sharing one with the event loop and the decode threads, its buffers are
+interleaved with theirs, and resnet18 at batch 1 computed ~4 % slower in the server than offline
+(served ÷ offline 0.91–0.97 in 13 quick runs on two days, 0.96–1.00 in 12 with its own heap;
+shufflenet_v2_x0_5 at batch 64 in a worker thread: 280 against 303 ms a batch). The front end is
+faster on one shared heap: a no-op server (where the front end is all the work) answered 1 066–1 079
+requests/s with it against 935–1 013 with a heap per thread (three alternating pairs). So the heap
+policy follows where the work is: a heap per thread where a model computes on the CPU, one heap
+where nothing does (no-op) or the model's buffers live on a GPU. glibc cannot give the model thread
+alone a heap of its own: a thread is attached to a heap at its first allocation, and once the
+limit of heaps is reached new threads take turns on the existing ones.
+
+Big blocks in a worker thread's heap: glibc's per-thread heaps are at most 64 MiB, and a bigger
+block is ``mmap``-ed whatever the settings. Measured on torch's own allocation pattern that does not
+fault batches in again: in a worker thread with a heap of its own, resnet18 at batch 32, 64 and 128
+(a first activation of 103, 206 and 411 MB) and shufflenet_v2_x0_5 at batch 128 ran without page
+faults after the first batches, as fast as with one shared heap (4 045–4 104 against
+4 090–4 163 ms a batch of 128 for resnet18).
 
 The price: the process keeps its peak heap (the largest batch's working set) for its lifetime,
 which a server that runs the same batches again and again reuses anyway. ``system`` leaves the
@@ -54,6 +67,7 @@ AllocatorMode = Literal["reuse", "system"]
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 _INT_MAX = 2**31 - 1
 #: ``M_TOP_PAD``: glibc's per-thread heaps are at most 64 MiB (HEAP_MAX_SIZE on 64-bit).
 TOP_PAD_BYTES = 64 << 20
@@ -61,10 +75,12 @@ TOP_PAD_BYTES = 64 << 20
 _applied: AllocatorMode | None = None
 
 
-def configure_allocator(mode: AllocatorMode) -> bool:
+def configure_allocator(mode: AllocatorMode, *, thread_heaps: bool = False) -> bool:
     """Apply ``mode`` to this process (once; later calls with the same mode do nothing).
 
-    Returns whether glibc's settings were changed. Call it before the model allocates anything.
+    ``thread_heaps``: each thread keeps a heap of its own (for a model computing on the CPU);
+    otherwise every thread shares one. Returns whether glibc's settings were changed. Call it
+    before any thread but the main one allocates anything.
     """
     global _applied
     if mode == "system" or _applied == mode:
@@ -80,6 +96,8 @@ def configure_allocator(mode: AllocatorMode) -> bool:
             libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX),
             libc.mallopt(_M_TOP_PAD, TOP_PAD_BYTES),
         ]
+        if not thread_heaps:
+            results.append(libc.mallopt(_M_ARENA_MAX, 1))
     except (OSError, AttributeError) as exc:
         logger.warning("allocator=reuse: cannot call mallopt (%s); left as it is", exc)
         return False
@@ -88,6 +106,7 @@ def configure_allocator(mode: AllocatorMode) -> bool:
         return False
     _applied = mode
     logger.info(
-        "allocator=reuse: glibc keeps freed memory for reuse (no mmap per batch, no trim, a heap per thread)"
+        "allocator=reuse: glibc keeps freed memory for reuse (no mmap per batch, no trim; %s)",
+        "a heap per thread" if thread_heaps else "one heap for all threads",
     )
     return True

@@ -288,6 +288,12 @@ class Settings(BaseSettings):
             )
         return self
 
+    def thread_heaps(self) -> bool:
+        """Whether ``allocator=reuse`` gives each thread a heap of its own: where a model computes
+        on the CPU (its buffers apart from the front end's); one shared heap for a no-op model or
+        a GPU's (energy/allocator.py has the measurements)."""
+        return self.model != "noop" and self.resolved_device().startswith("cpu")
+
     def resolved_device(self) -> str:
         """The torch device to use: ``auto`` becomes cuda when available, else cpu."""
         if self.device != "auto":

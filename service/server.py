@@ -112,7 +112,8 @@ def serve(settings: Settings) -> int:
     """Run until a signal. Exit status: 0 after a graceful shutdown, 2 for a bad model setting
     or an unusable record_trace file,
     3 when start-up fails otherwise (uvicorn's own code, e.g. an energy source that is unavailable)."""
-    configure_allocator(settings.allocator)  # before the model allocates anything
+    # Before the model allocates anything, and before any thread but this one does.
+    configure_allocator(settings.allocator, thread_heaps=settings.thread_heaps())
     try:
         # Loaded before uvicorn starts so that a bad model or weights setting ends in one clear
         # line and exit status 2, not in a lifespan traceback.

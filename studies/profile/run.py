@@ -181,7 +181,7 @@ def measure(
 
     from energy.allocator import configure_allocator
 
-    configure_allocator(server.allocator)
+    configure_allocator(server.allocator, thread_heaps=server.thread_heaps())
     threads_before = torch.get_num_threads()
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)

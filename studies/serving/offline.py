@@ -32,7 +32,8 @@ def load_model(name: str, torch_threads: int) -> Classifier:
     from service.model import load_classifier
 
     settings = Settings(model=name, weights="random", torch_threads=torch_threads)
-    configure_allocator(settings.allocator)  # the server's heap policy, so both sides compare
+    # The server's heap policy, so both sides compare.
+    configure_allocator(settings.allocator, thread_heaps=settings.thread_heaps())
     return load_classifier(settings)
 
 

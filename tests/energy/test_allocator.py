@@ -49,7 +49,7 @@ def test_reuse_stops_the_page_faults_of_repeated_big_blocks() -> None:
 _THREAD_SCRIPT = """
 import ctypes, resource, sys, threading
 from energy.allocator import configure_allocator
-print(configure_allocator(sys.argv[1]))
+print(configure_allocator(sys.argv[1], thread_heaps=sys.argv[2] == "threads"))
 faults = []
 def rounds():
     for _ in range(8):
@@ -66,28 +66,38 @@ ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per heap, on std
 """
 
 
+def _thread_rounds(mode: str, heaps: str) -> tuple[str, int, int]:
+    """(whether the settings changed, the worker's page faults in rounds 3-8, glibc's heaps)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _THREAD_SCRIPT, mode, heaps],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    changed, faults = done.stdout.split()
+    return changed, int(faults), done.stderr.count("Arena ")
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings are glibc's")
-def test_reuse_keeps_a_worker_threads_own_heap_without_page_faults() -> None:
-    results = {}
-    for mode in ("system", "reuse"):
-        done = subprocess.run(
-            [sys.executable, "-c", _THREAD_SCRIPT, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        changed, faults = done.stdout.split()
-        arenas = done.stderr.count("Arena ")
-        results[mode] = (changed, int(faults), arenas)
-    assert results["system"][0] == "False"
-    assert results["system"][1] > 6 * 10_000  # 120 MiB faulted in every round
-    changed, faults, arenas = results["reuse"]
-    assert changed == "True"
-    assert faults == 0
-    # The worker thread had a heap of its own, not the main thread's (docs/performance.md: the
-    # model's buffers apart from the front end's).
+def test_reuse_keeps_a_worker_threads_memory_with_its_own_heap_or_a_shared_one() -> None:
+    changed, faults, _ = _thread_rounds("system", "threads")
+    assert changed == "False"
+    assert faults > 6 * 10_000  # 120 MiB faulted in every round
+    changed, faults, arenas = _thread_rounds("reuse", "threads")
+    assert (changed, faults) == ("True", 0)
+    # The worker thread had a heap of its own, not the main thread's (where a model computes on
+    # the CPU: its buffers apart from the front end's).
     assert arenas >= 2
+    changed, faults, arenas = _thread_rounds("reuse", "shared")
+    assert (changed, faults, arenas) == ("True", 0, 1)  # one heap for every thread
+
+
+def test_threads_get_heaps_of_their_own_where_a_model_computes_on_the_cpu() -> None:
+    assert Settings(model="resnet18", device="cpu").thread_heaps()
+    assert Settings(device="cpu").thread_heaps()  # the embedded digits model
+    assert not Settings(model="noop", device="cpu").thread_heaps()
+    assert not Settings(model="resnet18", device="cuda").thread_heaps()
 
 
 def test_the_setting_defaults_to_reuse_and_is_validated() -> None:
