@@ -9,8 +9,9 @@ it): with glibc's defaults a batch of 16 took 120 ms and 12 700 minor page fault
 1 275 ms and 217 000 faults — a third of the time in the kernel, zeroing pages. glibc serves
 allocations above its mmap threshold (128 KiB, raised dynamically up to 32 MiB) with fresh
 ``mmap`` calls and gives them back to the kernel on ``free``; activations of a CNN batch are that
-size, so every batch re-faults them. With the three settings below the same batches took about
-100 ms and 760 ms with no faults (tests/energy/test_allocator.py shows the page faults disappear).
+size, so every batch re-faults them. With ``reuse`` as it first was (one heap, no ``mmap``, no trim)
+the same batches took about 100 ms and 760 ms with no faults (tests/energy/test_allocator.py shows
+the page faults disappear).
 
 ``reuse`` (the default) sets, through ``mallopt``:
 
